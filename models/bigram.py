@@ -1,0 +1,80 @@
+"""Bigram language model: one V x V table whose row i holds the logits of the token after i."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BigramInit = Literal["zeros", "normal", "empirical"]
+
+
+@dataclass
+class BigramConfig:
+    vocab_size: int
+    init: BigramInit = "zeros"
+
+
+def bigram_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """counts[i, j] = how often token j follows token i in `ids`."""
+    pairs = ids[:-1].long() * vocab_size + ids[1:].long()
+    return torch.bincount(pairs, minlength=vocab_size * vocab_size).view(vocab_size, vocab_size)
+
+
+def empirical_table(counts: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:
+    """Laplace-smoothed P(next = j | current = i) from bigram counts."""
+    smoothed = counts.double() + smoothing
+    return (smoothed / smoothed.sum(dim=1, keepdim=True)).float()
+
+
+def table_cross_entropy(table: torch.Tensor, ids: torch.Tensor) -> float:
+    """Mean -log P(next | current) of the pairs in `ids` under a probability table."""
+    return -table[ids[:-1], ids[1:]].double().log().mean().item()
+
+
+class BigramLanguageModel(nn.Module):
+    def __init__(self, config: BigramConfig):
+        super().__init__()
+        self.config = config
+        # Row i is a full set of next-token logits: the table *is* the model.
+        self.token_embedding_table = nn.Embedding(config.vocab_size, config.vocab_size)
+
+    @property
+    def block_size(self) -> int:
+        return 1
+
+    def init_weights(self, train_ids: torch.Tensor | None = None) -> None:
+        """Apply `config.init`; `empirical` needs the training split to count bigrams."""
+        weight = self.token_embedding_table.weight
+        with torch.no_grad():
+            if self.config.init == "zeros":
+                weight.zero_()  # every row uniform: loss at init is exactly ln V
+            elif self.config.init == "normal":
+                weight.normal_(mean=0.0, std=0.01)
+            elif self.config.init == "empirical":
+                if train_ids is None:
+                    raise ValueError("the empirical init needs the training split")
+                counts = bigram_counts(train_ids, self.config.vocab_size)
+                weight.copy_(empirical_table(counts).log())
+            else:
+                raise ValueError(f"unknown bigram init {self.config.init!r}")
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.token_embedding_table(idx)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    def probability_table(self) -> torch.Tensor:
+        """P(next = j | current = i) as a (V, V) tensor whose rows sum to 1."""
+        return F.softmax(self.token_embedding_table.weight, dim=-1)
+
+    def token_vectors(self) -> torch.Tensor:
+        """Row i of the table: tokens with similar rows are followed by similar tokens."""
+        return self.token_embedding_table.weight

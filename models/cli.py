@@ -1,0 +1,173 @@
+"""`tinygpt train | sample | eval`: the offline commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.data import CorpusError, load_corpus, split_named
+from models.device import DEVICE_CHOICES, resolve_device
+from models.sampling import SamplingParams, generate, seeded_generator
+from models.tokenizer import UnknownCharacterError
+
+# Settings that suit each model when the command line does not say otherwise.
+MODEL_DEFAULTS = {
+    "bigram": dict(
+        max_steps=3000,
+        batch_size=64,
+        block_size=256,
+        learning_rate=0.3,
+        warmup_steps=0,
+        weight_decay=0.0,
+        eval_interval=100,
+        eval_iters=20,
+    ),
+    "gpt": dict(
+        max_steps=2000,
+        batch_size=12,
+        block_size=64,
+        learning_rate=1e-3,
+        warmup_steps=100,
+        weight_decay=0.1,
+        eval_interval=200,
+        eval_iters=50,
+    ),
+}
+
+USER_ERRORS = (CorpusError, CheckpointError, UnknownCharacterError, ValueError)
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on a text corpus and write a checkpoint")
+    p.add_argument("model", choices=sorted(MODEL_DEFAULTS), help="which model to train")
+    p.add_argument("--data", help="UTF-8 text file, or a folder of .txt files")
+    p.add_argument("--out", required=True, help="checkpoint folder to write (or resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--steps", dest="max_steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--block-size", type=int)
+    p.add_argument("--lr", dest="learning_rate", type=float)
+    p.add_argument("--min-lr-ratio", type=float, help="final learning rate as a fraction of --lr")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--eval-interval", type=int)
+    p.add_argument("--eval-iters", type=int)
+    p.add_argument("--patience", type=int, help="stop after N evaluations without improvement")
+    p.add_argument("--min-delta", type=float, help="smallest val improvement that counts")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=DEVICE_CHOICES)
+    p.add_argument("--init", choices=["zeros", "normal", "empirical"], help="bigram only")
+    p.add_argument("--n-layer", type=int, help="gpt only")
+    p.add_argument("--n-head", type=int, help="gpt only")
+    p.add_argument("--n-embd", type=int, help="gpt only")
+    p.add_argument("--dropout", type=float, help="gpt only")
+    p.add_argument("--no-bias", dest="bias", action="store_false", default=None)
+    p.add_argument("--scale-embeddings", action="store_true", default=None)
+    p.set_defaults(handler=run_train)
+
+
+def add_sample_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="print text sampled from a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.set_defaults(handler=run_sample)
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="full-pass cross-entropy of a checkpoint on a data split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", choices=["val", "train", "all"], default="val")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.set_defaults(handler=run_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinygpt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_sample_parser(sub)
+    add_eval_parser(sub)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from models.train import Trainer, TrainingError, config_from_args, resumed_config
+
+    try:
+        if args.resume:
+            cfg = resumed_config(args.out, {"device": args.device})
+        else:
+            if not args.data:
+                raise TrainingError("--data is required (a UTF-8 text file or a folder of .txt)")
+            for key, value in MODEL_DEFAULTS[args.model].items():
+                if getattr(args, key) is None:
+                    setattr(args, key, value)
+            cfg = config_from_args(args)
+        report = Trainer(cfg, resume=args.resume).train()
+    except TrainingError as err:
+        return fail(str(err))
+    except OSError as err:
+        return fail(
+            f"training stopped: {err.strerror or err} ({err.filename or args.out}); "
+            "the last checkpoint written is intact, and --resume continues from it"
+        )
+    summary = {k: report[k] for k in ("val_loss", "steps", "best_step", "train_seconds")}
+    print(json.dumps(summary))
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    tokenizer = checkpoint.tokenizer
+    prompt_ids = tokenizer.encode(args.prompt) or [tokenizer.start_id]
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    new_ids = generate(
+        checkpoint.model, prompt_ids, args.max_new_tokens, params, seeded_generator(args.seed)
+    )
+    print(args.prompt + tokenizer.decode(new_ids))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from models.train import full_pass_loss
+
+    checkpoint = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    text = load_corpus(args.data)
+    ids = torch.tensor(checkpoint.tokenizer.encode(text), dtype=torch.long)
+    data = split_named(ids, args.split)
+    window = checkpoint.model.block_size if checkpoint.kind == "gpt" else 256
+    loss, tokens = full_pass_loss(checkpoint.model, data, window)
+    print(json.dumps({"loss": loss, "tokens": tokens, "split": args.split}))
+    return 0
+
+
+def fail(message: str) -> int:
+    print(f"tinygpt: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except USER_ERRORS as err:
+        return fail(str(err))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
