@@ -71,6 +71,15 @@ class BigramLanguageModel(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
 
+    def dirichlet_log_prior(self) -> torch.Tensor:
+        """Sum over all cells of log P(j | i).
+
+        Adding `alpha / N` times its negative to the mean cross-entropy over N training tokens
+        is the same as counting `alpha` extra observations of every pair: the optimum of that
+        objective is exactly the add-alpha (Laplace) smoothed bigram table.
+        """
+        return F.log_softmax(self.token_embedding_table.weight, dim=-1).sum()
+
     def probability_table(self) -> torch.Tensor:
         """P(next = j | current = i) as a (V, V) tensor whose rows sum to 1."""
         return F.softmax(self.token_embedding_table.weight, dim=-1)

@@ -33,6 +33,10 @@ PENDING_SUFFIX = ".next"
 
 Model = BigramLanguageModel | GPT
 
+# mkstemp creates owner-only files; checkpoints get the permissions a plain open() would give.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 class CheckpointError(ValueError):
     """A checkpoint folder is missing, incomplete, from another format version, or tampered."""
@@ -63,6 +67,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,9 +21,11 @@ MODEL_DEFAULTS = {
         max_steps=3000,
         batch_size=64,
         block_size=256,
-        learning_rate=0.3,
+        learning_rate=0.1,
+        min_lr_ratio=0.01,
         warmup_steps=0,
         weight_decay=0.0,
+        laplace=1.0,
         eval_interval=100,
         eval_iters=20,
     ),
@@ -63,6 +65,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=DEVICE_CHOICES)
     p.add_argument("--init", choices=["zeros", "normal", "empirical"], help="bigram only")
+    p.add_argument(
+        "--laplace",
+        type=float,
+        help="bigram only: ALPHA pseudo-counts per table cell as a prior (add-ALPHA smoothing)",
+    )
     p.add_argument("--n-layer", type=int, help="gpt only")
     p.add_argument("--n-head", type=int, help="gpt only")
     p.add_argument("--n-embd", type=int, help="gpt only")

@@ -73,6 +73,7 @@ class TrainConfig:
     device: str = "auto"
     # bigram
     init: str = "zeros"
+    laplace: float = 0.0  # pseudo-counts per table cell, as a prior in the objective
     # gpt
     n_layer: int = 4
     n_head: int = 4
@@ -356,8 +357,12 @@ class Trainer:
             x, y = get_batch(self.train_ids, cfg.block_size, cfg.batch_size, self.batch_generator)
             with autocast_for(self.device):
                 _, loss = self.model(x.to(self.device), y.to(self.device))
+            objective = loss
+            if isinstance(self.model, BigramLanguageModel) and cfg.laplace > 0:
+                prior_weight = cfg.laplace / len(self.train_ids)
+                objective = loss - prior_weight * self.model.dirichlet_log_prior()
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
