@@ -101,12 +101,19 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_eval)
 
 
+def add_plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="redraw a training folder's pictures from its JSONL log")
+    p.add_argument("dir", help="the folder a training run wrote (its --out)")
+    p.set_defaults(handler=run_plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     add_sample_parser(sub)
     add_eval_parser(sub)
+    add_plot_parser(sub)
     return parser
 
 
@@ -158,6 +165,18 @@ def run_eval(args: argparse.Namespace) -> int:
     window = checkpoint.model.block_size if checkpoint.kind == "gpt" else 256
     loss, tokens = full_pass_loss(checkpoint.model, data, window)
     print(json.dumps({"loss": loss, "tokens": tokens, "split": args.split}))
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from models.plots import draw_training_pictures
+
+    try:
+        written = draw_training_pictures(args.dir)
+    except FileNotFoundError as err:
+        return fail(str(err))
+    for path in written:
+        print(path)
     return 0
 
 

@@ -37,12 +37,11 @@ from models.checkpoint import (
 from models.data import get_batch, load_corpus, sequential_batches, text_sha256, train_val_split
 from models.device import resolve_device
 from models.gpt import GPT, GPTConfig
-from models.plots import plot_loss_curves
+from models.plots import draw_training_pictures
 from models.tokenizer import CharTokenizer
 
 LOG_FILE = "train_log.jsonl"
 REPORT_FILE = "report.json"
-CURVE_FILE = "loss_curve.png"
 STATE_FILE = "train_state.safetensors"
 STATE_META_FILE = "train_state.json"
 PROBE_BATCH = 8
@@ -422,9 +421,7 @@ class Trainer:
         metrics["train_seconds"] = report["train_seconds"]
         self.save_checkpoint(best, self.state.best_step, metrics)
         atomic_write_json(self.out / REPORT_FILE, report)
-        plot_loss_curves(
-            self.state.history, self.out / CURVE_FILE, report.get("bigram_optimum_val_loss")
-        )
+        draw_training_pictures(self.out)
         return report
 
 
