@@ -1,0 +1,107 @@
+"""The Litestar application; `create_app` is its factory.
+
+`uvicorn --factory service.app:create_app` serves it as `tinygpt serve` does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.logging import LoggingConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from service.controllers.generation import GenerationController
+from service.controllers.health import HealthController
+from service.controllers.inspection import InspectionController
+from service.controllers.models import ModelsController
+from service.controllers.tokenization import TokenizationController
+from service.decoding import StrictJSONRequest
+from service.errors import EXCEPTION_HANDLERS
+from service.registry import ModelRegistry
+from service.settings import MAX_BODY_BYTES, Settings
+
+log = logging.getLogger(__name__)
+
+
+def package_version() -> str:
+    try:
+        return version("tinygpt-serve")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+@asynccontextmanager
+async def loaded_models(app: Litestar) -> AsyncIterator[None]:
+    """Load every checkpoint before serving; no loadable checkpoint means no start."""
+    registry: ModelRegistry = app.state.registry
+    await registry.load()
+    log.info("ready: serving %s", ", ".join(registry.model_ids))
+    try:
+        yield
+    finally:
+        registry.unload()
+
+
+def provide_registry(state: State) -> ModelRegistry:
+    return state.registry
+
+
+def provide_settings(state: State) -> Settings:
+    return state.settings
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the application; `settings` default to the `TINYGPT_*` environment."""
+    settings = settings or Settings.from_env()
+    prometheus = PrometheusConfig(
+        app_name="tinygpt-serve",
+        prefix="tinygpt_http",
+        group_path=True,  # label by route template, not by every raw path
+        exclude_unhandled_paths=True,
+    )
+    level = settings.log_level.upper()
+    return Litestar(
+        route_handlers=[
+            HealthController,
+            ModelsController,
+            GenerationController,
+            InspectionController,
+            TokenizationController,
+            PrometheusController,
+        ],
+        state=State({"settings": settings, "registry": ModelRegistry(settings)}),
+        dependencies={
+            "registry": Provide(provide_registry, sync_to_thread=False),
+            "settings": Provide(provide_settings, sync_to_thread=False),
+        },
+        lifespan=[loaded_models],
+        middleware=[prometheus.middleware],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_class=StrictJSONRequest,
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="tinygpt-serve",
+            version=package_version(),
+            description="Sampling, next-token distributions and token-vector neighbours "
+            "of small character-level language models.",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin()],
+            use_handler_docstrings=True,
+        ),
+        # Unexpected errors are logged once, by service.errors; the root logger gets ours.
+        logging_config=LoggingConfig(
+            root={"level": level, "handlers": ["queue_listener"]},
+            loggers={
+                "litestar": {"level": level, "handlers": ["queue_listener"], "propagate": False}
+            },
+            log_exceptions="never",
+        ),
+    )

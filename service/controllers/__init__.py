@@ -1,0 +1,26 @@
+"""Route handlers, one Controller per concern."""
+
+from __future__ import annotations
+
+from litestar.openapi.datastructures import ResponseSpec
+
+from service.schemas import ErrorResponse
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request; `error.param` names the field at fault",
+    404: "Unknown model; the message lists the loaded ones",
+    503: "The models are still loading",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error statuses a handler answers with, in the one error shape."""
+    return {
+        code: ResponseSpec(
+            ErrorResponse, description=ERROR_DESCRIPTIONS[code], generate_examples=False
+        )
+        for code in status_codes
+    }
+
+
+MODEL_ERRORS = error_responses(400, 404, 503)

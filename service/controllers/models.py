@@ -1,0 +1,26 @@
+"""The loaded models and what they are."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+from litestar.di import NamedDependency
+
+from service.controllers import error_responses
+from service.registry import ModelRegistry
+from service.schemas import ModelList, ServerLimits
+from service.settings import Settings
+
+
+class ModelsController(Controller):
+    path = "/v1/models"
+    tags = ["models"]
+
+    @get(operation_id="listModels", responses=error_responses(503))
+    async def list_models(
+        self, registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]
+    ) -> ModelList:
+        """List the loaded models with their training metrics, and this server's limits."""
+        limits = ServerLimits(
+            max_new_tokens=settings.max_new_tokens, max_prompt_chars=settings.max_prompt_chars
+        )
+        return ModelList(models=registry.describe(), limits=limits)

@@ -1,0 +1,110 @@
+"""One error shape for every failure: `{"error": {"message", "type", "param"}}`.
+
+Covers the service's own errors, Litestar's (validation, 404, 405, 413) and anything
+unexpected, which becomes a 500 whose details go to the log, never into the response.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+from litestar.types import ExceptionHandlersMap
+
+from service.exceptions import InvalidRequestError, NotReadyError, ServiceError, UnknownModelError
+from service.schemas import ErrorDetail, ErrorResponse
+from service.settings import MAX_BODY_BYTES
+
+log = logging.getLogger(__name__)
+
+ERROR_TYPES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    500: "internal_error",
+    503: "not_ready",
+}
+
+SERVICE_ERROR_STATUS: dict[type[ServiceError], int] = {
+    InvalidRequestError: HTTP_400_BAD_REQUEST,
+    UnknownModelError: HTTP_404_NOT_FOUND,
+    NotReadyError: HTTP_503_SERVICE_UNAVAILABLE,
+}
+
+
+def error_response(
+    status_code: int,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[ErrorResponse]:
+    error_type = ERROR_TYPES.get(status_code, "invalid_request" if status_code < 500 else "error")
+    body = ErrorResponse(error=ErrorDetail(message=message, type=error_type, param=param))
+    return Response(body, status_code=status_code, headers=headers)
+
+
+def service_error_handler(_: Request, exc: ServiceError) -> Response[ErrorResponse]:
+    status_code = next(
+        status for error, status in SERVICE_ERROR_STATUS.items() if isinstance(exc, error)
+    )
+    return error_response(status_code, exc.message, exc.param)
+
+
+def http_error_handler(request: Request, exc: HTTPException) -> Response[ErrorResponse]:
+    """Litestar's own errors, reworded so that a person knows what to change."""
+    endpoint = f"{request.method} {request.url.path}"
+    if isinstance(exc, ValidationException):
+        problems = exc.extra if isinstance(exc.extra, list) else []
+        keys = [p.get("key") for p in problems if isinstance(p, dict) and p.get("key")]
+        details = "; ".join(
+            f"`{p['key']}`: {p.get('message')}" if p.get("key") else str(p.get("message"))
+            for p in problems
+            if isinstance(p, dict)
+        )
+        return error_response(exc.status_code, details or exc.detail, keys[0] if keys else None)
+    if isinstance(exc, NotFoundException):
+        message = f"{endpoint} is not an endpoint of this server; the endpoints are listed at /docs"
+        return error_response(exc.status_code, message)
+    if isinstance(exc, MethodNotAllowedException):
+        allowed = (exc.headers or {}).get("allow", "")
+        message = f"{endpoint} is not allowed; this path accepts {allowed or 'other methods'}"
+        return error_response(exc.status_code, message, headers=exc.headers)
+    if isinstance(exc, RequestEntityTooLarge):
+        message = (
+            f"the request body is larger than the limit of {MAX_BODY_BYTES // 1024} KiB; "
+            "send a smaller body"
+        )
+        return error_response(exc.status_code, message)
+    if exc.status_code >= HTTP_500_INTERNAL_SERVER_ERROR:
+        return unexpected_error_handler(request, exc)
+    return error_response(exc.status_code, exc.detail, headers=exc.headers)
+
+
+def unexpected_error_handler(request: Request, exc: Exception) -> Response[ErrorResponse]:
+    log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+    message = (
+        f"internal error while serving {request.method} {request.url.path}; "
+        "the server log has the details"
+    )
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, message)
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ServiceError: service_error_handler,
+    HTTPException: http_error_handler,
+    Exception: unexpected_error_handler,
+}

@@ -1,0 +1,28 @@
+"""What can go wrong serving a request, in plain Python; `service.errors` maps it onto HTTP."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request the service cannot serve; `param` names the request field at fault, if any."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequestError(ServiceError):
+    """The request is malformed or asks for something out of range."""
+
+
+class UnknownModelError(ServiceError):
+    """The request names a model that is not loaded."""
+
+
+class NotReadyError(ServiceError):
+    """The models are not loaded (yet, or any more)."""
+
+
+class NoModelsLoadedError(RuntimeError):
+    """Startup found no checkpoint it could load: the service refuses to start."""

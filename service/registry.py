@@ -1,0 +1,476 @@
+"""The loaded models, and the model work the HTTP handlers ask for.
+
+Handlers hand over request Structs and get response Structs back; every tensor stays in here.
+Model work runs in worker threads (at most `Settings.worker_threads` at once) under
+`torch.inference_mode()`, so the event loop keeps serving while a model computes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import torch
+import torch.nn.functional as F
+
+from models.bigram import empirical_table
+from models.checkpoint import MANIFEST_FILE, Checkpoint, Model, load_checkpoint
+from models.device import resolve_device
+from models.sampling import SamplingParams, generate, seeded_generator
+from models.tokenizer import UnknownCharacterError
+from service.exceptions import (
+    InvalidRequestError,
+    NoModelsLoadedError,
+    NotReadyError,
+    UnknownModelError,
+)
+from service.schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    GenerateRequest,
+    GenerateResponse,
+    ModelInfo,
+    Neighbour,
+    NeighbourQuery,
+    NeighboursRequest,
+    NeighboursResponse,
+    NextTokenRequest,
+    NextTokenResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenProbability,
+    Usage,
+)
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Tokenizer(Protocol):
+    """What the registry needs of a checkpoint's tokenizer, whichever kind it is."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def start_id(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def token_text(self, token_id: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One checkpoint on its device, with what the inspection endpoints precompute."""
+
+    id: str
+    checkpoint: Checkpoint
+    device: torch.device
+    # Rows of the model's token vectors scaled to length 1: cosine scores and analogies.
+    unit_vectors: torch.Tensor
+    # Add-one smoothed P(next = j | current = i) of the training split; bigram manifests only.
+    empirical: torch.Tensor | None
+
+    @property
+    def model(self) -> Model:
+        return self.checkpoint.model
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.checkpoint.tokenizer
+
+    @property
+    def kind(self) -> str:
+        return self.checkpoint.kind
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def parameters(self) -> int:
+        """Parameters counted once: `parameters()` yields a tied tensor a single time."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def encode(self, text: str, param: str) -> list[int]:
+        """Token ids of `text`; a character outside the vocabulary is the caller's error."""
+        try:
+            return self.tokenizer.encode(text)
+        except UnknownCharacterError as err:
+            raise InvalidRequestError(
+                f"`{param}` is not valid for model {self.id!r}: {err}", param=param
+            ) from None
+
+    def token_id(self, token: str, param: str) -> int:
+        """The id of `token`, which must be exactly one token of this model."""
+        ids = self.encode(token, param)
+        if len(ids) != 1:
+            raise InvalidRequestError(
+                f"`{param}` must be exactly one token of model {self.id!r}, but {token!r} is "
+                f"{len(ids)} tokens; POST /v1/tokenize shows how text splits into tokens",
+                param=param,
+            )
+        return ids[0]
+
+    def describe(self) -> ModelInfo:
+        manifest = self.checkpoint.manifest
+        return ModelInfo(
+            id=self.id,
+            kind=self.kind,
+            vocab_size=self.vocab_size,
+            parameters=self.parameters,
+            context_length=self.model.block_size,
+            device=str(self.device),
+            metrics=manifest.get("metrics", {}),
+            created_at=manifest.get("created_at"),
+        )
+
+
+def checkpoint_folders(root: str | Path) -> list[Path]:
+    """Every folder under `root` by name (hidden ones aside): each should be a checkpoint."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NoModelsLoadedError(
+            f"checkpoint folder {root} does not exist; point --checkpoints or "
+            "TINYGPT_CHECKPOINTS at the folder that holds the model folders"
+        )
+    folders = sorted(
+        path for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")
+    )
+    if not folders:
+        raise NoModelsLoadedError(
+            f"no checkpoint under {root}: each model is a folder holding {MANIFEST_FILE}; "
+            "train one with `tinygpt train` or point --checkpoints elsewhere"
+        )
+    return folders
+
+
+def prepare_model(model_id: str, checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
+    vectors = checkpoint.model.token_vectors().detach()
+    counts = checkpoint.manifest.get("bigram_counts")
+    empirical = None
+    if checkpoint.kind == "bigram" and counts is not None:
+        empirical = empirical_table(torch.tensor(counts, dtype=torch.long)).to(device)
+    return LoadedModel(
+        id=model_id,
+        checkpoint=checkpoint,
+        device=device,
+        unit_vectors=F.normalize(vectors, dim=1),
+        empirical=empirical,
+    )
+
+
+def run_in_inference_mode(fn: Callable[..., T], *args: Any) -> T:
+    with torch.inference_mode():
+        return fn(*args)
+
+
+class ModelRegistry:
+    """Loads every checkpoint folder under `settings.checkpoints` and serves model requests."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._models: dict[str, LoadedModel] = {}
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._models)
+
+    @property
+    def model_ids(self) -> list[str]:
+        return list(self._models)
+
+    async def load(self) -> None:
+        """Load every checkpoint off the event loop; refuses (raises) when none loads."""
+        self._limiter = anyio.CapacityLimiter(self.settings.worker_threads)
+        self._models = await anyio.to_thread.run_sync(self.load_all)
+
+    def unload(self) -> None:
+        self._models = {}
+
+    def load_all(self) -> dict[str, LoadedModel]:
+        device = resolve_device(self.settings.device)
+        log.info(
+            "loading checkpoints from %s onto %s (device=%s)",
+            self.settings.checkpoints,
+            device,
+            self.settings.device,
+        )
+        loaded: dict[str, LoadedModel] = {}
+        failures: list[str] = []
+        for folder in checkpoint_folders(self.settings.checkpoints):
+            try:
+                with torch.inference_mode():
+                    checkpoint = load_checkpoint(folder, device)
+                    model = prepare_model(folder.name, checkpoint, device)
+            # One bad folder must not take the others down: whatever the reason, log it.
+            except Exception as err:
+                failures.append(f"{folder.name}: {err}")
+                log.error("skipping checkpoint %s: %s", folder, err)
+            else:
+                loaded[model.id] = model
+                log.info(
+                    "loaded model %s (%s, %d parameters) on %s",
+                    model.id,
+                    model.kind,
+                    model.parameters,
+                    device,
+                )
+        if not loaded:
+            raise NoModelsLoadedError(
+                f"no checkpoint under {self.settings.checkpoints} could be loaded: "
+                + "; ".join(failures)
+            )
+        return loaded
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def loaded_models(self) -> dict[str, LoadedModel]:
+        if not self._models:
+            raise NotReadyError("the models are still loading; retry when GET /ready says 200")
+        return self._models
+
+    def get(self, model_id: str) -> LoadedModel:
+        models = self.loaded_models()
+        try:
+            return models[model_id]
+        except KeyError:
+            available = ", ".join(sorted(models))
+            raise UnknownModelError(
+                f"model {model_id!r} is not loaded; available models: {available}",
+                param="model",
+            ) from None
+
+    def describe(self) -> list[ModelInfo]:
+        return [model.describe() for model in self.loaded_models().values()]
+
+    def check_text_length(self, text: str, param: str) -> None:
+        limit = self.settings.max_prompt_chars
+        if len(text) > limit:
+            raise InvalidRequestError(
+                f"`{param}` has {len(text)} characters, more than this server's limit of "
+                f"{limit} (TINYGPT_MAX_PROMPT_CHARS); send a shorter text",
+                param=param,
+            )
+
+    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run model work in a worker thread, at most `worker_threads` at a time."""
+        return await anyio.to_thread.run_sync(
+            functools.partial(run_in_inference_mode, fn, *args), limiter=self._limiter
+        )
+
+    # -- generation -----------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        """Continue `request.prompt`; the text is cut before the first stop string."""
+        model = self.get(request.model)
+        self.check_text_length(request.prompt, "prompt")
+        cap = self.settings.max_new_tokens
+        if request.max_new_tokens > cap:
+            raise InvalidRequestError(
+                f"`max_new_tokens` is {request.max_new_tokens}, above this server's cap of "
+                f"{cap} (TINYGPT_MAX_NEW_TOKENS); ask for at most {cap}",
+                param="max_new_tokens",
+            )
+        prompt_ids = model.encode(request.prompt, "prompt")
+        params = SamplingParams(
+            temperature=request.temperature, top_k=request.top_k, top_p=request.top_p
+        )
+        new_ids = await self.compute(
+            sample_tokens,
+            model.model,
+            prompt_ids or [model.tokenizer.start_id],
+            request.max_new_tokens,
+            params,
+            request.seed,
+        )
+        stops = [request.stop] if isinstance(request.stop, str) else request.stop
+        text, new_ids, stopped = cut_at_stop(model.tokenizer, new_ids, stops)
+        return GenerateResponse(
+            model=model.id,
+            text=text,
+            token_ids=new_ids,
+            finish_reason="stop" if stopped else "length",
+            usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(new_ids)),
+        )
+
+    # -- next-token distribution ----------------------------------------------------------
+
+    async def next_token(self, request: NextTokenRequest) -> NextTokenResponse:
+        """The model's distribution over the token after `request.context`, most likely first."""
+        model = self.get(request.model)
+        self.check_text_length(request.context, "context")
+        context_ids = model.encode(request.context, "context") or [model.tokenizer.start_id]
+        distribution, entropy = await self.compute(
+            next_token_distribution, model, context_ids, request.temperature, request.top_k
+        )
+        return NextTokenResponse(
+            model=model.id, context=request.context, distribution=distribution, entropy=entropy
+        )
+
+    # -- embedding neighbours -------------------------------------------------------------
+
+    async def neighbours(self, request: NeighboursRequest) -> NeighboursResponse:
+        """The `k` tokens whose vectors are nearest a token, or an analogy's query vector."""
+        model = self.get(request.model)
+        analogy = bool(request.positive or request.negative)
+        if request.token is not None and analogy:
+            raise InvalidRequestError(
+                "give either `token` or `positive`/`negative` (an analogy), not both",
+                param="token",
+            )
+        if request.token is None and not analogy:
+            raise InvalidRequestError(
+                "give a `token` to find its neighbours, or `positive`/`negative` token lists "
+                "for an analogy",
+                param="token",
+            )
+        if analogy and request.metric != "cosine":
+            raise InvalidRequestError(
+                "analogies rank by cosine similarity; leave `metric` out or set it to cosine",
+                param="metric",
+            )
+        if request.token is not None:
+            positive = [model.token_id(request.token, "token")]
+            negative: list[int] = []
+        else:
+            positive = [
+                model.token_id(token, f"positive[{i}]") for i, token in enumerate(request.positive)
+            ]
+            negative = [
+                model.token_id(token, f"negative[{i}]") for i, token in enumerate(request.negative)
+            ]
+        neighbours = await self.compute(
+            nearest_tokens, model, positive, negative, request.metric, request.k
+        )
+        query = NeighbourQuery(
+            token=request.token,
+            positive=request.positive,
+            negative=request.negative,
+            metric=request.metric,
+        )
+        return NeighboursResponse(model=model.id, query=query, neighbours=neighbours)
+
+    # -- tokenization ---------------------------------------------------------------------
+
+    def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        model = self.get(request.model)
+        self.check_text_length(request.text, "text")
+        ids = model.encode(request.text, "text")
+        tokens = [model.tokenizer.token_text(i) for i in ids]
+        return TokenizeResponse(model=model.id, ids=ids, tokens=tokens)
+
+    def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        model = self.get(request.model)
+        for position, token_id in enumerate(request.ids):
+            if token_id >= model.vocab_size:
+                raise InvalidRequestError(
+                    f"`ids[{position}]` is {token_id}, but model {model.id!r} has token ids "
+                    f"0 to {model.vocab_size - 1}",
+                    param=f"ids[{position}]",
+                )
+        return DetokenizeResponse(model=model.id, text=model.tokenizer.decode(request.ids))
+
+
+# -- model work: these run in worker threads -----------------------------------------------
+
+
+def sample_tokens(
+    model: Model,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    params: SamplingParams,
+    seed: int | None,
+) -> list[int]:
+    """The token producer behind `ModelRegistry.generate`: the plain recompute loop."""
+    return generate(model, prompt_ids, max_new_tokens, params, seeded_generator(seed))
+
+
+def cut_at_stop(
+    tokenizer: Tokenizer, ids: list[int], stops: list[str]
+) -> tuple[str, list[int], bool]:
+    """The text of `ids` up to the earliest stop string (excluded), the tokens whose text lies
+    wholly before it, and whether a stop string was found."""
+    text = tokenizer.decode(ids)
+    found = [index for stop in stops if (index := text.find(stop)) >= 0]
+    if not found:
+        return text, ids, False
+    cut = min(found)
+    # Decoded prefixes only grow, so the longest one that ends by `cut` is found by bisection.
+    kept = bisect.bisect_right(
+        range(len(ids) + 1), cut, key=lambda count: len(tokenizer.decode(ids[:count]))
+    )
+    return text[:cut], ids[: kept - 1], True
+
+
+def next_token_logits(model: LoadedModel, context_ids: list[int]) -> torch.Tensor:
+    if model.kind == "bigram":
+        return model.model.token_vectors()[context_ids[-1]]
+    window = context_ids[-model.model.block_size :]
+    logits, _ = model.model(torch.tensor([window], dtype=torch.long, device=model.device))
+    return logits[0, -1]
+
+
+def next_token_distribution(
+    model: LoadedModel, context_ids: list[int], temperature: float, top_k: int | None
+) -> tuple[list[TokenProbability], float]:
+    # float64 so the listed probabilities sum to 1 well within 1e-5 even over many tokens.
+    logprobs = F.log_softmax(next_token_logits(model, context_ids).double() / temperature, dim=-1)
+    probs = logprobs.exp()
+    entropy = float(torch.special.entr(probs).sum())
+    order = torch.sort(probs, descending=True, stable=True).indices[:top_k].tolist()
+    probs_list, logprobs_list = probs.tolist(), logprobs.tolist()
+    empirical = None
+    if model.empirical is not None:
+        empirical = model.empirical[context_ids[-1]].tolist()
+    distribution = [
+        TokenProbability(
+            token=model.tokenizer.token_text(i),
+            id=i,
+            prob=probs_list[i],
+            logprob=logprobs_list[i],
+            empirical_prob=None if empirical is None else empirical[i],
+        )
+        for i in order
+    ]
+    return distribution, entropy
+
+
+def nearest_tokens(
+    model: LoadedModel, positive: list[int], negative: list[int], metric: str, k: int
+) -> list[Neighbour]:
+    """Rank every token against the query; the query's own tokens are never listed."""
+    unit = model.unit_vectors
+    if metric == "cosine":
+        # gensim's most_similar: the mean of +unit(positive) and -unit(negative), normalised;
+        # a single token is its one-element case.
+        signed = torch.cat([unit[positive], -unit[negative]])
+        scores = unit @ F.normalize(signed.mean(dim=0), dim=0)
+    else:
+        vectors = model.model.token_vectors()
+        target = vectors[positive[0]]
+        # Euclidean distances are negated so that, as for the others, larger is nearer.
+        scores = vectors @ target if metric == "dot" else -(vectors - target).norm(dim=1)
+    scores = scores.float().clone()
+    scores[positive + negative] = float("-inf")
+    count = min(k, model.vocab_size - len(set(positive + negative)))
+    top = torch.topk(scores, count)
+    sign = -1.0 if metric == "euclidean" else 1.0
+    return [
+        Neighbour(token=model.tokenizer.token_text(i), id=i, score=sign * score)
+        for score, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]

@@ -1,0 +1,69 @@
+"""Server settings: one msgspec Struct, read from `TINYGPT_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "TINYGPT_"
+# Part of the API contract rather than a setting: larger request bodies get a 413.
+MAX_BODY_BYTES = 64 * 1024
+
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class SettingsError(ValueError):
+    """A setting from the environment or the command line has a value the server cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the server can be told; each field `name` comes from `TINYGPT_NAME`."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    checkpoints: str = "checkpoints"
+    device: DeviceName = "auto"
+    max_new_tokens: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    max_prompt_chars: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    # Threads that run model work at once; the rest of the requests wait their turn.
+    worker_threads: Annotated[int, msgspec.Meta(ge=1)] = 4
+    log_level: LogLevel = "info"
+
+    @classmethod
+    def from_env(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Settings from the environment, with `overrides` (command-line options) on top."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            name: environ[env_name(name)]
+            for name in cls.__struct_fields__
+            if env_name(name) in environ
+        }
+        values.update(overrides or {})
+        try:
+            # strict=False: environment variables are strings, so "8000" must become 8000.
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as err:
+            raise SettingsError(settings_problem(str(err), values)) from None
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def settings_problem(msgspec_message: str, values: Mapping[str, Any]) -> str:
+    """Turn "Expected `int` <= 65535 - at `$.port`" into a message naming the variable."""
+    match = re.fullmatch(r"(?P<problem>.*) - at `\$\.(?P<field>\w+)`", msgspec_message)
+    if match is None:
+        return f"invalid settings: {msgspec_message}"
+    field = match["field"]
+    return (
+        f"invalid setting {field}={values.get(field)!r} ({env_name(field)} or its "
+        f"command-line option): {match['problem']}"
+    )
