@@ -53,17 +53,14 @@ def run_serve(args: argparse.Namespace) -> int:
         checkpoint_folders(settings.checkpoints)
     except NoModelsLoadedError as err:
         return models_cli.fail(str(err))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-        )
+    # When startup fails (no checkpoint loads, the port is taken) uvicorn logs why and exits
+    # with status 3.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
     )
-    server.run()
-    if not server.started:
-        return models_cli.fail("the server did not start; the log above says why")
     return 0
 
 

@@ -1,0 +1,68 @@
+"""Starting the server: refusing to start without a model, and the `uvicorn --factory` route."""
+
+import shutil
+import subprocess
+import sys
+
+import httpx
+
+from tests.integration.conftest import (
+    REPO,
+    STARTUP_SECONDS,
+    Server,
+    free_port,
+    serve_command,
+    server_environment,
+    stop,
+    wait_until_ready,
+)
+from tests.service.tiny_models import BIGRAM_ID
+
+
+def test_refuses_to_start_when_no_checkpoint_loads(server, tmp_path):
+    shutil.copytree(server.checkpoints / "broken", tmp_path / "broken")
+    result = subprocess.run(
+        serve_command(free_port(), "--checkpoints", str(tmp_path), "--device", "cpu"),
+        capture_output=True, text=True, cwd=REPO, env=server_environment(),
+        timeout=STARTUP_SECONDS,
+    )  # fmt: skip
+    assert result.returncode == 3  # uvicorn's status for a failed startup
+    output = result.stdout + result.stderr
+    assert "skipping checkpoint" in output and "does not match the sha256" in output
+    assert "could be loaded" in output and "Application startup failed" in output
+
+
+def test_refuses_a_checkpoint_folder_that_does_not_exist(tmp_path):
+    result = subprocess.run(
+        serve_command(free_port(), "--checkpoints", str(tmp_path / "none")),
+        capture_output=True, text=True, cwd=REPO, env=server_environment(),
+        timeout=STARTUP_SECONDS,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_uvicorn_factory_reads_every_setting_from_the_environment(checkpoint_folder, tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    shutil.copytree(checkpoint_folder / BIGRAM_ID, folder / BIGRAM_ID)
+    port = free_port()
+    env = server_environment(
+        TINYGPT_CHECKPOINTS=str(folder), TINYGPT_DEVICE="cpu", TINYGPT_MAX_NEW_TOKENS="8"
+    )
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+               "--port", str(port)]  # fmt: skip
+    server = Server(f"http://127.0.0.1:{port}", folder, tmp_path / "server.log")
+    with server.log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        try:
+            wait_until_ready(process, server)
+            models = httpx.get(f"{server.url}/v1/models").json()
+            assert [model["id"] for model in models["models"]] == [BIGRAM_ID]
+            assert models["limits"]["max_new_tokens"] == 8
+            response = httpx.post(
+                f"{server.url}/v1/generate", json={"model": BIGRAM_ID, "max_new_tokens": 9}
+            )
+            assert response.status_code == 400 and "cap of 8" in response.text
+        finally:
+            stop(process)
