@@ -214,8 +214,9 @@ class ModelRegistry:
         failures: list[str] = []
         for folder in checkpoint_folders(self.settings.checkpoints):
             try:
+                # The weights stay ordinary tensors, usable outside inference mode too.
+                checkpoint = load_checkpoint(folder, device)
                 with torch.inference_mode():
-                    checkpoint = load_checkpoint(folder, device)
                     model = prepare_model(folder.name, checkpoint, device)
             # One bad folder must not take the others down: whatever the reason, log it.
             except Exception as err:
@@ -458,8 +459,13 @@ def nearest_tokens(
     if metric == "cosine":
         # gensim's most_similar: the mean of +unit(positive) and -unit(negative), normalised;
         # a single token is its one-element case.
-        signed = torch.cat([unit[positive], -unit[negative]])
-        scores = unit @ F.normalize(signed.mean(dim=0), dim=0)
+        query = torch.cat([unit[positive], -unit[negative]]).mean(dim=0)
+        if not query.any():
+            raise InvalidRequestError(
+                "the positive and negative tokens cancel out: their query vector is zero",
+                param="negative",
+            )
+        scores = unit @ F.normalize(query, dim=0)
     else:
         vectors = model.model.token_vectors()
         target = vectors[positive[0]]

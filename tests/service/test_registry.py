@@ -245,6 +245,7 @@ async def test_analogy_follows_gensim_and_excludes_every_query_token(registry):
         ({"token": "a", "positive": ["b"]}, "token", "not both"),
         ({}, "token", "give a `token`"),
         ({"positive": ["a"], "metric": "dot"}, "metric", "cosine"),
+        ({"positive": ["a"], "negative": ["a"]}, "negative", "cancel out"),
     ],
 )
 async def test_bad_neighbour_queries_say_what_is_wrong(registry, request_fields, param, message):
