@@ -1,6 +1,8 @@
 """Every endpoint of a real server process, over HTTP."""
 
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -182,3 +184,22 @@ def test_openapi_docs(client):
     schema = client.get("/docs/openapi.json").json()
     assert {"/health", "/ready", "/v1/models", "/v1/generate", "/v1/next-token", "/v1/neighbours",
             "/v1/tokenize", "/v1/detokenize"} <= set(schema["paths"])  # fmt: skip
+
+
+def test_model_work_does_not_block_the_event_loop(client):
+    finished: dict[str, float] = {}
+
+    def generate() -> None:
+        body = {"model": GPT_ID, "max_new_tokens": 300, "seed": 0}
+        post(client, "/v1/generate", body)
+        finished["generate"] = time.monotonic()
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    time.sleep(0.1)  # let the generation start
+    started = time.monotonic()
+    assert client.get("/health").status_code == 200
+    finished["health"] = time.monotonic()
+    worker.join()
+    assert finished["health"] < finished["generate"]
+    assert finished["health"] - started < 0.5
