@@ -24,7 +24,7 @@ from safetensors.torch import save as save_safetensors
 
 from models.bigram import BigramConfig, BigramLanguageModel
 from models.gpt import GPT, GPTConfig
-from models.tokenizer import CharTokenizer
+from models.tokenizer import TextTokenizer, tokenizer_from_dict
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -46,7 +46,7 @@ class CheckpointError(ValueError):
 class Checkpoint:
     path: Path
     model: Model
-    tokenizer: CharTokenizer
+    tokenizer: TextTokenizer
     manifest: dict[str, Any]
 
     @property
@@ -105,7 +105,7 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 def save_checkpoint(
     path: str | Path,
     model: Model,
-    tokenizer: CharTokenizer,
+    tokenizer: TextTokenizer,
     metrics: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         )
     try:
         model = build_model(manifest["kind"], manifest["config"])
-        tokenizer = CharTokenizer.from_dict(manifest["tokenizer"])
+        tokenizer = tokenizer_from_dict(manifest["tokenizer"])
         load_weights(model, load_safetensors(weights))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path}: manifest and weights disagree ({err})") from err

@@ -12,6 +12,7 @@ import torch
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import CorpusError, load_corpus, split_named
 from models.device import DEVICE_CHOICES, resolve_device
+from models.distributed import DistEnv
 from models.sampling import SamplingParams, generate, seeded_generator
 from models.tokenizer import UnknownCharacterError
 
@@ -64,6 +65,26 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-delta", type=float, help="smallest val improvement that counts")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=DEVICE_CHOICES)
+    p.add_argument(
+        "--grad-accum-steps",
+        type=int,
+        metavar="N",
+        help="micro-batches of --batch-size sequences per optimizer step, summed over all "
+        "processes: under torchrun with P processes each accumulates N/P of them, so the "
+        "global batch stays N x --batch-size whatever P is; N must be a multiple of P "
+        "(default 1)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        choices=["char", "bpe"],
+        help="char: one token per character of the corpus (default); bpe: byte-level BPE "
+        "learned on the training text",
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        help="bpe only: vocabulary size, the 256 bytes plus learned merges (default 2048)",
+    )
     p.add_argument("--init", choices=["zeros", "normal", "empirical"], help="bigram only")
     p.add_argument(
         "--laplace",
@@ -139,7 +160,8 @@ def run_train(args: argparse.Namespace) -> int:
             "the last checkpoint written is intact, and --resume continues from it"
         )
     summary = {k: report[k] for k in ("val_loss", "steps", "best_step", "train_seconds")}
-    print(json.dumps(summary))
+    if DistEnv.from_environment().is_main:  # under torchrun, once rather than once per process
+        print(json.dumps(summary))
     return 0
 
 
