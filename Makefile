@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-fast lint format bench bench-train clean
+.PHONY: install serve test test-fast test-docker lint format bench bench-train clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,10 +17,14 @@ serve: $(STAMP)
 	$(VENV)/bin/tinygpt serve
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not docker"
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not docker"
+
+# Builds the image and runs it with docker-compose (needs Docker, or ../shared/docker).
+test-docker: $(STAMP)
+	$(PY) -m pytest -m docker tests/docker -v
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
