@@ -22,6 +22,11 @@ from service.controllers.generation import GenerationController
 from service.controllers.health import HealthController
 from service.controllers.inspection import InspectionController
 from service.controllers.models import ModelsController
+from service.controllers.playground import (
+    PlaygroundController,
+    playground_page,
+    playground_static_files,
+)
 from service.controllers.tokenization import TokenizationController
 from service.decoding import StrictJSONRequest
 from service.errors import EXCEPTION_HANDLERS
@@ -75,6 +80,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             GenerationController,
             InspectionController,
             TokenizationController,
+            PlaygroundController,
+            playground_page,
+            playground_static_files,
             PrometheusController,
         ],
         state=State({"settings": settings, "registry": ModelRegistry(settings)}),

@@ -24,6 +24,7 @@ from models.checkpoint import MANIFEST_FILE, Checkpoint, Model, load_checkpoint
 from models.device import resolve_device
 from models.sampling import SamplingParams, generate, seeded_generator
 from models.tokenizer import UnknownCharacterError
+from service import projections
 from service.exceptions import (
     InvalidRequestError,
     NoModelsLoadedError,
@@ -31,8 +32,10 @@ from service.exceptions import (
     UnknownModelError,
 )
 from service.schemas import (
+    BigramTable,
     DetokenizeRequest,
     DetokenizeResponse,
+    EmbeddingProjection,
     GenerateRequest,
     GenerateResponse,
     ModelInfo,
@@ -183,6 +186,8 @@ class ModelRegistry:
         self.settings = settings
         self._models: dict[str, LoadedModel] = {}
         self._limiter: anyio.CapacityLimiter | None = None
+        # Computed on first request, per model id: the token vectors never change once loaded.
+        self._projections: dict[str, EmbeddingProjection] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -201,6 +206,7 @@ class ModelRegistry:
 
     def unload(self) -> None:
         self._models = {}
+        self._projections = {}
 
     def load_all(self) -> dict[str, LoadedModel]:
         device = resolve_device(self.settings.device)
@@ -245,7 +251,7 @@ class ModelRegistry:
             raise NotReadyError("the models are still loading; retry when GET /ready says 200")
         return self._models
 
-    def get(self, model_id: str) -> LoadedModel:
+    def get(self, model_id: str, param: str = "model") -> LoadedModel:
         models = self.loaded_models()
         try:
             return models[model_id]
@@ -253,7 +259,7 @@ class ModelRegistry:
             available = ", ".join(sorted(models))
             raise UnknownModelError(
                 f"model {model_id!r} is not loaded; available models: {available}",
-                param="model",
+                param=param,
             ) from None
 
     def describe(self) -> list[ModelInfo]:
@@ -365,6 +371,30 @@ class ModelRegistry:
             metric=request.metric,
         )
         return NeighboursResponse(model=model.id, query=query, neighbours=neighbours)
+
+    # -- playground pictures --------------------------------------------------------------
+
+    async def bigram_table(self, model_id: str) -> BigramTable:
+        """A bigram model's whole table of P(next | current), learned and empirical."""
+        model = self.get(model_id, "model_id")
+        if model.kind != "bigram":
+            bigrams = [m.id for m in self.loaded_models().values() if m.kind == "bigram"]
+            hint = f"; the bigram models here: {', '.join(bigrams)}" if bigrams else ""
+            raise InvalidRequestError(
+                f"model {model.id!r} is a {model.kind} model, and only bigram models have a "
+                f"table of P(next | current){hint}",
+                param="model_id",
+            )
+        return await self.compute(projections.bigram_table, model)
+
+    async def embedding_projection(self, model_id: str) -> EmbeddingProjection:
+        """The 2-D PCA projection of a model's token vectors, computed once per model."""
+        model = self.get(model_id, "model_id")
+        if model.id not in self._projections:
+            self._projections[model.id] = await self.compute(
+                projections.embedding_projection, model
+            )
+        return self._projections[model.id]
 
     # -- tokenization ---------------------------------------------------------------------
 

@@ -224,3 +224,34 @@ class ErrorDetail(msgspec.Struct, kw_only=True):
 
 class ErrorResponse(msgspec.Struct, kw_only=True):
     error: ErrorDetail
+
+
+# -- playground pictures ------------------------------------------------------------------
+
+
+class BigramTable(ResponseBody):
+    model: str
+    tokens: Annotated[list[str], Meta(description="token i's text; row and column i are token i")]
+    probs: Annotated[
+        list[list[float]], Meta(description="probs[i][j]: the learned P(next = j | current = i)")
+    ]
+    empirical: Annotated[
+        list[list[float]] | None,
+        Meta(description="add-one smoothed P(j | i) of the training split; null if unrecorded"),
+    ]
+
+
+class EmbeddingPoint(ResponseBody):
+    token: str
+    id: int
+    x: float
+    y: float
+
+
+class EmbeddingProjection(ResponseBody):
+    model: str
+    method: Literal["pca"]
+    explained_variance: Annotated[
+        list[float], Meta(description="share of the total variance along x and along y")
+    ]
+    points: list[EmbeddingPoint]
