@@ -1,8 +1,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Debian's Chromium, which the browser tests (tests/browser) drive through Playwright.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test test-fast test-docker lint format bench bench-train clean
+.PHONY: install chromium serve test test-fast test-docker lint format bench bench-train clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -13,10 +16,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Installed only where it is missing (apt needs root: CI runs as root, elsewhere sudo).
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver
+
+chromium: $(CHROMIUM)
+
 serve: $(STAMP)
 	$(VENV)/bin/tinygpt serve
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -m "not docker"
 
 test-fast: $(STAMP)
