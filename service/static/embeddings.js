@@ -101,6 +101,7 @@ export class EmbeddingView {
     }
     this.body.hidden = false;
     this.draw();
+    this.canvas.dataset.model = model.id;
   }
 
   draw() {
@@ -146,7 +147,9 @@ export class EmbeddingView {
 
     const emphasised = new Set([...this.selected, ...this.found]);
     const dim = emphasised.size > 0;
-    const labelSize = points.length > 300 ? 9 : 12;
+    // Past a few hundred tokens the labels would only hide each other: hover shows them.
+    const labelled = points.length <= 400;
+    const labelSize = 12;
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
     points.forEach((p, i) => {
@@ -158,12 +161,14 @@ export class EmbeddingView {
       ctx.beginPath();
       ctx.arc(x, y, 2.5, 0, 2 * Math.PI);
       ctx.fill();
-      ctx.font = `${labelSize}px ui-monospace, monospace`;
-      ctx.fillText(showToken(p.token), x + 4, y);
+      if (labelled) {
+        ctx.font = `${labelSize}px ui-monospace, monospace`;
+        ctx.fillText(showToken(p.token), x + 4, y);
+      }
     });
     ctx.globalAlpha = 1;
     // The query and its neighbours on top, joined by lines.
-    for (const anchor of this.selected) {
+    for (const anchor of this.lines ? this.selected : []) {
       for (const hit of this.found) {
         ctx.strokeStyle = "rgba(255, 77, 109, 0.45)";
         ctx.beginPath();
@@ -172,7 +177,9 @@ export class EmbeddingView {
         ctx.stroke();
       }
     }
-    for (const i of emphasised) {
+    // Neighbours first, the query last: its label stays readable.
+    const order = [...this.found.filter((i) => !this.selected.includes(i)), ...this.selected];
+    for (const i of order) {
       const { x, y } = this.positions[i];
       const query = this.selected.includes(i);
       ctx.fillStyle = query ? "#e11d48" : "#111827";
@@ -226,6 +233,7 @@ export class EmbeddingView {
       const body = await postJSON("/v1/neighbours", { model: model.id, token, k, metric: this.metric.value });
       showError(this.error, "");
       this.selected = [this.ids.get(token)].filter((id) => id !== undefined);
+      this.lines = true;
       this.found = body.neighbours.map((n) => n.id);
       this.resultsTitle.textContent = `Neighbours of ${showToken(token)} (${body.query.metric})`;
       this.results.replaceChildren(...body.neighbours.map((n) => this.resultItem(n, body.query.metric)));
@@ -247,6 +255,7 @@ export class EmbeddingView {
       const body = await postJSON("/v1/neighbours", { model: model.id, positive, negative, k });
       showError(this.analogyError, "");
       this.selected = [...positive, ...negative].map((t) => this.ids.get(t)).filter((id) => id !== undefined);
+      this.lines = false; // an analogy's answers are near a sum, not near any one of its tokens
       this.found = body.neighbours.map((n) => n.id);
       this.analogyResults.replaceChildren(...body.neighbours.map((n) => this.resultItem(n, "cosine")));
       this.draw();

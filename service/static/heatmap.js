@@ -98,11 +98,13 @@ export class HeatmapView {
       delete this.readout.dataset.row;
     }
     this.draw();
+    this.canvas.dataset.model = model.id;
   }
 
   /** Only a bigram has a table: say so, and offer the bigram models that are loaded. */
   explainNoTable(model) {
     this.table = null;
+    delete this.canvas.dataset.model;
     this.body.hidden = true;
     this.readout.textContent = "";
     showError(this.error, "");

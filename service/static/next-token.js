@@ -44,6 +44,8 @@ export class NextTokenView {
       if (pending.signal.aborted) return;
       showError(this.error, "");
       this.render(body, model);
+      // What the bars show, for anyone waiting on them (the browser tests do).
+      Object.assign(this.list.dataset, { model: model.id, context: body.context });
     } catch (err) {
       if (err.name === "AbortError") return;
       showError(this.error, err.message);
