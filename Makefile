@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium serve test test-fast test-docker lint format bench bench-train clean
+.PHONY: install chromium serve test test-fast test-docker screenshots lint format bench bench-train clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -35,6 +35,12 @@ test-fast: $(STAMP)
 # Builds the image and runs it with docker-compose (needs Docker, or ../shared/docker).
 test-docker: $(STAMP)
 	$(PY) -m pytest -m docker tests/docker -v
+
+# The browser tests, then their pictures of the shipped models into docs/screenshots/.
+screenshots: $(STAMP) $(CHROMIUM)
+	$(PY) -m pytest -m browser tests/browser
+	mkdir -p docs/screenshots
+	cp test-artifacts/browser/*.png docs/screenshots/
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

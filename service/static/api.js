@@ -57,7 +57,7 @@ export const postJSON = (path, body, signal) => request("POST", path, body, sign
  *
  * EventSource cannot POST, so the stream is read by hand: lines end in LF, CRLF or CR; a blank
  * line ends an event; `event:` names it (default "message"), `data:` lines join with LF;
- * lines starting with ":" are comments.
+ * lines starting with ":" are comments; an unfinished event at the end is dropped.
  */
 export async function* serverSentEvents(response) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -94,10 +94,7 @@ export async function* serverSentEvents(response) {
         if (ready) yield ready;
       }
     }
-    for (const line of [...buffer.split(/\r\n|\n|\r/), ""]) {
-      const ready = takeLine(line);
-      if (ready) yield ready;
-    }
+    // An event the stream ended in the middle of is dropped, as EventSource does.
   } finally {
     reader.releaseLock();
   }

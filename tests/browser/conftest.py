@@ -1,0 +1,174 @@
+"""Debian's Chromium, driven by Playwright, against a real `tinygpt serve` of the shipped models.
+
+Chromium is the system one (`make test` installs it with apt); Playwright's own browser
+downloads are never used. Every page records its console errors, uncaught exceptions and the
+hosts it asked for; a test fails at teardown if any of those went wrong.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.integration.conftest import (
+    REPO,
+    Server,
+    free_port,
+    serve_command,
+    server_environment,
+    stop,
+    wait_until_ready,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+# The character-level models the README shows; gpt-bpe is left out to keep start-up short.
+SHIPPED_MODELS = ("bigram-char", "gpt-char")
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+WIDE = {"width": 1280, "height": 800}
+
+
+@pytest.fixture(scope="session")
+def playwright():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`tinygpt serve` on a free port, on the CPU, with the shipped character-level models."""
+    workdir = tmp_path_factory.mktemp("browser-server")
+    checkpoints = workdir / "checkpoints"
+    checkpoints.mkdir()
+    for name in SHIPPED_MODELS:
+        source = REPO / "checkpoints" / name
+        if not source.is_dir():
+            pytest.skip(f"the shipped checkpoint {source} is missing")
+        (checkpoints / name).symlink_to(source, target_is_directory=True)
+    port = free_port()
+    server = Server(f"http://127.0.0.1:{port}", checkpoints, workdir / "server.log")
+    env = server_environment(TINYGPT_CHECKPOINTS=str(checkpoints))
+    with server.log_path.open("w") as log:
+        process = subprocess.Popen(
+            serve_command(port, "--device", "cpu"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
+        try:
+            wait_until_ready(process, server)
+            yield server
+        finally:
+            stop(process)
+
+
+@pytest.fixture(scope="session")
+def api(shipped_server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=shipped_server.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    return ARTIFACTS
+
+
+@dataclass
+class PageLog:
+    """What a page did that a test should know about."""
+
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    hosts: set[str] = field(default_factory=set)
+    allowed: list[str] = field(default_factory=list)
+
+    def allow(self, console_error: str) -> None:
+        """A console error this test provokes on purpose (it contains `console_error`)."""
+        self.allowed.append(console_error)
+
+    def problems(self) -> list[str]:
+        foreign = sorted(self.hosts - LOCAL_HOSTS)
+        unexpected = [t for t in self.console_errors if not any(a in t for a in self.allowed)]
+        return (
+            [f"console error: {text}" for text in unexpected]
+            + [f"uncaught exception: {text}" for text in self.page_errors]
+            + ([f"requests to other hosts: {foreign}"] if foreign else [])
+        )
+
+
+@pytest.fixture
+def browser_context(playwright, tmp_path: Path):
+    """A fresh Chromium profile per test (its own user-data dir), 1280 x 800 by default."""
+    context = playwright.chromium.launch_persistent_context(
+        user_data_dir=str(tmp_path / "chromium-profile"),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport=WIDE,
+    )
+    context.set_default_timeout(15_000)
+
+    # Anything for another host is refused and remembered, so no test can lean on the network.
+    def only_local(route):
+        if host_of(route.request.url) in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            route.abort()
+
+    context.route("**/*", only_local)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page_log() -> PageLog:
+    return PageLog()
+
+
+@pytest.fixture
+def page(browser_context, page_log: PageLog, shipped_server: Server):
+    """The playground, loaded and ready (models listed); fails the test on console errors."""
+    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+    watch(page, page_log)
+    page.goto(shipped_server.url + "/")
+    page.wait_for_selector("body[data-ready]")
+    yield page
+    problems = page_log.problems()
+    assert not problems, "\n".join(problems)
+
+
+def watch(page, log: PageLog) -> None:
+    page.on("console", lambda m: m.type == "error" and log.console_errors.append(m.text))
+    page.on("pageerror", lambda error: log.page_errors.append(str(error)))
+    page.on("request", lambda request: log.hosts.add(host_of(request.url)))
+
+
+def host_of(url: str) -> str:
+    """The host a request went to; data: and blob: URLs never leave the page."""
+    parts = urlsplit(url)
+    return "127.0.0.1" if parts.scheme in ("data", "blob") else parts.hostname or url
