@@ -50,6 +50,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# In-process generation speed: engine against full recompute (bench/results/engine.json).
+bench: $(STAMP)
+	$(PY) -m bench.engine
+
 bench-train: $(STAMP)
 	$(PY) -m bench.train_reference
 

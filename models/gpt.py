@@ -27,6 +27,54 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
 
+class KVCache:
+    """Keys and values of every layer for up to `max_slots` sequences, one cache row each.
+
+    One tensor `kv` (n_layer, max_slots, 2, nh, block_size, hs), index 0 of its third axis
+    holding keys and 1 values. Allocated once at full size: decoding writes one position per
+    step in place and never grows a tensor, and moving a sequence to another row is one copy.
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        max_slots: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, max_slots, 2, config.n_head, config.block_size, head_dim)
+        # zeros, not empty: positions past a row's length are masked, but must not hold NaNs
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)
+
+    @property
+    def max_slots(self) -> int:
+        return self.kv.size(1)
+
+    def store_prefix(
+        self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        """Keys and values k, v (B, nh, T, hs) of sequences starting at position 0 into
+        positions 0..T-1 of cache rows `slots` (B,)."""
+        T = k.size(2)
+        self.kv[layer, :, 0, :, :T].index_copy_(0, slots, k)
+        self.kv[layer, :, 1, :, :T].index_copy_(0, slots, v)
+
+    def store_step(self, layer: int, positions: torch.Tensor, kv: torch.Tensor) -> None:
+        """Keys and values kv (B, 2, nh, hs) of one new token per row 0..B-1, at position
+        positions[b] of row b.
+
+        One indexed write into the whole tensor rather than into a view of it: under
+        torch.compile a write into a view becomes a copy of the entire cache every step.
+        """
+        rows = torch.arange(kv.size(0), device=kv.device)
+        self.kv[torch.full_like(rows, layer), rows, :, :, positions] = kv
+
+    def move(self, source: int, target: int) -> None:
+        """Copy the sequence in row `source` into row `target` (all layers)."""
+        self.kv[:, target] = self.kv[:, source]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -56,6 +104,37 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hs)
         return self.merge_heads(y)
 
+    def prefill(
+        self, x: torch.Tensor, cache: KVCache, layer: int, slots: torch.Tensor
+    ) -> torch.Tensor:
+        """Causal attention over fresh sequences starting at position 0, whose keys and values
+        are also stored at positions 0..T-1 of cache rows `slots` (B,)."""
+        q, k, v = self.split_heads(x)  # 3 x (B, nh, T, hs)
+        # Nothing earlier to read from the cache: the tokens attend to each other only.
+        cache.store_prefix(layer, slots, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        return self.merge_heads(y)
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        positions: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> torch.Tensor:
+        """One new token per sequence, x (B, C): sequence b lives in cache row b and its new
+        token sits at positions[b]. `visible` (B, 1, 1, block_size) marks the cached positions
+        each row may attend to: its own prefix, up to and including the new token."""
+        B, C = x.shape
+        qkv = self.c_attn(x).view(B, 3, self.n_head, C // self.n_head)  # (B, 3, nh, hs)
+        cache.store_step(layer, positions, qkv[:, 1:])  # first: the token attends to itself too
+        keys, values = cache.kv[layer, :B].unbind(1)  # 2 x (B, nh, block_size, hs)
+        q = qkv[:, 0, :, None, :]  # (B, nh, 1, hs)
+        # Rows hold sequences of different lengths: the mask, not the shape, bounds each one.
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)  # (B, nh, 1, hs)
+        return self.resid_dropout(self.c_proj(y.view(B, C)))
+
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -83,6 +162,23 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         x = x + self.mlp(self.ln_2(x))
         return x
+
+    def prefill(
+        self, x: torch.Tensor, cache: KVCache, layer: int, slots: torch.Tensor
+    ) -> torch.Tensor:
+        x = x + self.attn.prefill(self.ln_1(x), cache, layer, slots)
+        return x + self.mlp(self.ln_2(x))
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        positions: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> torch.Tensor:
+        x = x + self.attn.decode(self.ln_1(x), cache, layer, positions, visible)
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -155,3 +251,37 @@ class GPT(nn.Module):
 
     def token_vectors(self) -> torch.Tensor:
         return self.transformer.wte.weight
+
+    def new_cache(self, max_slots: int) -> KVCache:
+        """An empty KV cache for `max_slots` sequences, on the model's device and dtype."""
+        weight = self.transformer.wte.weight
+        return KVCache(self.config, max_slots, device=weight.device, dtype=weight.dtype)
+
+    def prefill(self, idx: torch.Tensor, cache: KVCache, slots: torch.Tensor) -> torch.Tensor:
+        """Start B sequences of T tokens each (positions 0..T-1) in cache rows `slots`.
+
+        idx (B, T) long, slots (B,) long. Returns the logits after each sequence's last
+        token, (B, V): exactly what `forward` gives at that position.
+        """
+        _, T = idx.shape
+        if self.config.block_size < T:
+            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+        x = self.embed(idx, torch.arange(T, device=idx.device))  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block.prefill(x, cache, layer, slots)
+        # Only the last position's logits are needed to choose the next token.
+        return self.lm_head(self.transformer.ln_f(x[:, -1]))  # (B, V)
+
+    def decode(self, idx: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        """Advance the sequences in cache rows 0..B-1 by one token each.
+
+        idx (B,) long: each row's newest token; positions (B,) long: where it goes, i.e. how
+        many tokens the row already holds, which must be below block_size (the caller
+        re-prefills a shorter window first). Returns next-token logits (B, V).
+        """
+        x = self.embed(idx, positions)  # (B, C): one token per row, no time axis
+        slot_positions = torch.arange(self.config.block_size, device=idx.device)
+        visible = (slot_positions <= positions[:, None])[:, None, None, :]  # (B, 1, 1, L)
+        for layer, block in enumerate(self.transformer.h):
+            x = block.decode(x, cache, layer, positions, visible)
+        return self.lm_head(self.transformer.ln_f(x))  # (B, V)

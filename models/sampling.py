@@ -30,6 +30,38 @@ def penalize_repetition(
     return torch.where(logits > 0, logits / factor, logits * factor)
 
 
+def scale_by_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """logits (B, V) / temperature (B,) as float32; rows with temperature 0 (greedy) are left
+    as they are, since their probabilities are not used."""
+    t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+    return logits.float() / t[:, None]
+
+
+def removed_by_filters(
+    logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
+) -> torch.Tensor:
+    """(B, V) bool: the tokens that top-k, then top-p, then min-p remove from each row.
+
+    logits (B, V) already scaled by temperature; top_p, min_p (B,) floats; top_k (B,) ints with
+    0 meaning off. A row whose settings are all off loses nothing, exactly, so a batch may skip
+    this function when none of its rows filters without changing any row's result.
+    """
+    B, V = logits.shape
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    rank = torch.arange(V, device=logits.device).expand(B, V)
+    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, V))
+    remove = rank >= k[:, None]
+    sorted_probs = F.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)
+    # top-p: drop a token once the tokens before it already cover top_p of the mass (rounding
+    # can push that mass a hair past 1, so top_p = 1 is off explicitly)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    remove |= (mass_before > top_p[:, None]) & (top_p[:, None] < 1)
+    # min-p: drop tokens less likely than min_p times the most likely one
+    remove |= sorted_probs < min_p[:, None] * sorted_probs[:, :1]
+    remove[:, 0] = False  # the most likely token always survives
+    return torch.zeros_like(remove).scatter_(-1, order, remove)
+
+
 def filtered_probs(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -42,32 +74,81 @@ def filtered_probs(
     logits (B, V); temperature, top_p, min_p (B,) floats; top_k (B,) ints with 0 meaning off.
     Rows with temperature 0 are left for the caller to take greedily (their probs are unused).
     """
-    B, V = logits.shape
-    t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
-    logits = logits.float() / t[:, None]
-    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-    rank = torch.arange(V, device=logits.device).expand(B, V)
-    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, V))
-    remove = rank >= k[:, None]
-    sorted_probs = F.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)
-    # top-p: drop a token once the tokens before it already cover top_p of the mass
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    remove |= mass_before > top_p[:, None]
-    # min-p: drop tokens less likely than min_p times the most likely one
-    remove |= sorted_probs < min_p[:, None] * sorted_probs[:, :1]
-    remove[:, 0] = False  # the most likely token always survives
-    sorted_probs = sorted_probs.masked_fill(remove, 0.0)
-    sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
-    return torch.zeros_like(sorted_probs).scatter_(-1, order, sorted_probs)
+    scaled = scale_by_temperature(logits, temperature)
+    removed = removed_by_filters(scaled, top_k, top_p, min_p)
+    return F.softmax(scaled.masked_fill(removed, float("-inf")), dim=-1)
 
 
 def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """Inverse-CDF sampling: one uniform from each row's own generator. Returns (B,) ids."""
+    """Inverse-CDF sampling: one uniform from each row's own generator. Returns (B,) ids.
+
+    Rows need not sum to 1: the uniform is scaled by each row's total."""
     u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
     cdf = probs.double().cumsum(dim=-1)
     u = u.to(probs.device) * cdf[:, -1]
     ids = torch.searchsorted(cdf, u[:, None]).squeeze(-1)
     return ids.clamp_(max=probs.size(-1) - 1)
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """The SamplingParams of a batch as (B,) tensors, plus which steps any row needs, so that
+    a batch skips the steps none of its rows needs. Skipping changes no row's result, bit for
+    bit (x / 1 is x, a filter that is off removes nothing), which keeps sampling
+    batch-invariant. Build once per batch composition, not once per step."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    repetition_penalty: torch.Tensor
+    scaling: bool  # some temperature is neither 0 nor 1
+    greedy: bool  # some temperature is 0
+    filtering: bool  # some row uses top-k, top-p or min-p
+    penalizing: bool  # some row has a repetition penalty
+
+    @classmethod
+    def stack(cls, params: list[SamplingParams], device: torch.device | str) -> BatchParams:
+        def column(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        return cls(
+            temperature=column([p.temperature for p in params], torch.float32),
+            top_k=column([p.top_k or 0 for p in params], torch.long),
+            top_p=column([p.top_p for p in params], torch.float32),
+            min_p=column([p.min_p for p in params], torch.float32),
+            repetition_penalty=column([p.repetition_penalty for p in params], torch.float32),
+            scaling=any(p.temperature not in (0, 1) for p in params),
+            greedy=any(p.temperature == 0 for p in params),
+            filtering=any(p.top_k or p.top_p < 1 or p.min_p > 0 for p in params),
+            penalizing=any(p.repetition_penalty != 1 for p in params),
+        )
+
+
+def sample_batch(
+    logits: torch.Tensor,
+    params: BatchParams,
+    generators: list[torch.Generator],
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Choose the next token of every row of `logits` (B, V); returns (B,) ids.
+
+    Every step of every row costs its generator exactly one uniform, greedy rows included, and
+    every operation works row by row: a row's choice never depends on the other rows.
+    `seen` (B, V) bool marks the tokens the repetition penalty applies to."""
+    logits = logits.float()
+    if params.penalizing and seen is not None:
+        logits = penalize_repetition(logits, seen, params.repetition_penalty)
+    scaled = scale_by_temperature(logits, params.temperature) if params.scaling else logits
+    # Unnormalised is fine: `draw` scales its uniform by each row's total.
+    probs = F.softmax(scaled, dim=-1)  # (B, V)
+    if params.filtering:
+        removed = removed_by_filters(scaled, params.top_k, params.top_p, params.min_p)
+        probs = probs.masked_fill(removed, 0.0)
+    sampled = draw(probs, generators)
+    if not params.greedy:
+        return sampled
+    return torch.where(params.temperature == 0, logits.argmax(dim=-1), sampled)
 
 
 def sample_next(
@@ -77,24 +158,7 @@ def sample_next(
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Choose the next token of every row of `logits` (B, V) under that row's parameters."""
-    device = logits.device
-
-    def column(values: list, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=device)
-
-    temperature = column([p.temperature for p in params], torch.float32)
-    if seen is not None:
-        penalty = column([p.repetition_penalty for p in params], torch.float32)
-        logits = penalize_repetition(logits.float(), seen, penalty)
-    probs = filtered_probs(
-        logits,
-        temperature,
-        column([p.top_k or 0 for p in params], torch.long),
-        column([p.top_p for p in params], torch.float32),
-        column([p.min_p for p in params], torch.float32),
-    )
-    sampled = draw(probs, generators)
-    return torch.where(temperature == 0, logits.argmax(dim=-1), sampled)
+    return sample_batch(logits, BatchParams.stack(params, logits.device), generators, seen)
 
 
 def seeded_generator(seed: int | None) -> torch.Generator:

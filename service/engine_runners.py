@@ -1,0 +1,167 @@
+"""The model side of the engine: next-token logits for a batch of sequences held in rows.
+
+Sequence i of the engine's batch always lives in row i. Sequences join at the end, and when
+one leaves, the last row moves into its place, so rows 0..n-1 stay packed: a GPT decode step
+then reads one contiguous block of the KV cache instead of gathering rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Protocol
+
+import torch
+
+from models.bigram import BigramLanguageModel
+from models.gpt import GPT
+
+
+class Runner(Protocol):
+    def start(self, contexts: list[list[int]]) -> torch.Tensor:
+        """Append one row per context; returns the logits after each context, (k, V)."""
+        ...
+
+    def advance(self, token_ids: list[int]) -> torch.Tensor:
+        """Feed rows 0..n-1 one token each; returns their next-token logits, (n, V)."""
+        ...
+
+    def remove(self, row: int) -> None:
+        """Drop a row: the last row moves into its place."""
+        ...
+
+    def clear(self) -> None:
+        """Drop every row."""
+        ...
+
+    def warm_up(self) -> None:
+        """Prepare (compile) before the first request."""
+        ...
+
+
+class GPTRunner:
+    """Prefill once, then one token per step against a preallocated KV cache.
+
+    Learned positions stop at block_size, so a row whose cache is full re-prefills its last
+    `window_keep - 1` tokens at positions 0.. before taking the new token: the model then
+    sees exactly the last `window_keep` tokens, at the positions it would give them in a
+    fresh forward pass. Smaller windows re-prefill more often but shorter; `window_keep` =
+    block_size re-prefills at every step (a sliding window, like full recompute).
+    """
+
+    def __init__(self, model: GPT, capacity: int, window_keep: int, compile_decode: bool = False):
+        if not 1 <= window_keep <= model.block_size:
+            raise ValueError(f"window_keep must be in 1..{model.block_size}, got {window_keep}")
+        self.model = model
+        # The decode step is many small operations, so Python and dispatch overhead, not
+        # arithmetic, bound it; compiling fuses them (prefill stays eager: it runs rarely).
+        self.decode = torch.compile(model.decode) if compile_decode else model.decode
+        self.block_size = model.block_size
+        self.window_keep = window_keep
+        self.cache = model.new_cache(capacity)
+        self.device = self.cache.kv.device
+        self.windows: list[list[int]] = []  # per row: the tokens its cache row holds, in order
+
+    def fit(self, tokens: list[int]) -> list[int]:
+        """The window of `tokens` the model attends to: all of them while they fit in
+        block_size, else the last `window_keep`."""
+        return tokens if len(tokens) <= self.block_size else tokens[-self.window_keep :]
+
+    def prefill(self, rows: list[int]) -> torch.Tensor:
+        """(Re)fill the cache rows `rows` from their windows; returns their logits (k, V)."""
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for row in rows:
+            by_length[len(self.windows[row])].append(row)
+        logits = {}
+        # Windows of one length share one forward pass.
+        for group in by_length.values():
+            idx = torch.tensor([self.windows[r] for r in group], device=self.device)  # (g, T)
+            slots = torch.tensor(group, device=self.device)
+            for row, row_logits in zip(
+                group, self.model.prefill(idx, self.cache, slots), strict=True
+            ):
+                logits[row] = row_logits
+        return torch.stack([logits[r] for r in rows])
+
+    def start(self, contexts: list[list[int]]) -> torch.Tensor:
+        first = len(self.windows)
+        self.windows.extend(self.fit(list(c)) for c in contexts)
+        return self.prefill(list(range(first, len(self.windows))))
+
+    def advance(self, token_ids: list[int]) -> torch.Tensor:
+        full = [row for row, w in enumerate(self.windows) if len(w) == self.block_size]
+        if full:
+            for row in full:
+                # keep window_keep - 1 tokens: the incoming one makes window_keep
+                self.windows[row] = self.windows[row][
+                    len(self.windows[row]) - self.window_keep + 1 :
+                ]
+            refill = [row for row in full if self.windows[row]]  # empty when window_keep is 1
+            if refill:
+                self.prefill(refill)
+        positions = torch.tensor([len(w) for w in self.windows], device=self.device)
+        tokens = torch.tensor(token_ids, device=self.device)
+        logits = self.decode(tokens, self.cache, positions)  # (n, V)
+        for window, token in zip(self.windows, token_ids, strict=True):
+            window.append(token)
+        return logits
+
+    def warm_up(self) -> None:
+        """Run the decode step once for one row and once for two, so that a compiled step is
+        compiled now (one graph for one row, one for any larger batch) and not while the
+        first requests wait. Rows 0 and 1 are free at this point and get overwritten."""
+        for n in range(1, min(2, self.cache.max_slots) + 1):
+            tokens = torch.zeros(n, dtype=torch.long, device=self.device)
+            positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
+            self.decode(tokens, self.cache, positions)  # the compiled graph would assume that
+
+    def clear(self) -> None:
+        self.windows.clear()
+
+    def remove(self, row: int) -> None:
+        last = len(self.windows) - 1
+        if row != last:
+            self.cache.move(last, row)
+            self.windows[row] = self.windows[last]
+        self.windows.pop()
+
+
+class BigramRunner:
+    """No cache: the next token depends on the last one only, so every step is one row
+    lookup per sequence in the probability table."""
+
+    def __init__(self, model: BigramLanguageModel):
+        self.log_table = model.probability_table().log()  # (V, V), row i: log P(. | i)
+        self.device = self.log_table.device
+
+    def lookup(self, token_ids: list[int]) -> torch.Tensor:
+        return self.log_table[torch.tensor(token_ids, device=self.device)]
+
+    def start(self, contexts: list[list[int]]) -> torch.Tensor:
+        return self.lookup([c[-1] for c in contexts])
+
+    def advance(self, token_ids: list[int]) -> torch.Tensor:
+        return self.lookup(token_ids)
+
+    def warm_up(self) -> None:
+        """Nothing to prepare."""
+
+    def clear(self) -> None:
+        """Rows hold no state of their own."""
+
+    def remove(self, row: int) -> None:
+        """Rows hold no state of their own."""
+
+
+def make_runner(
+    model: GPT | BigramLanguageModel,
+    capacity: int,
+    window_keep: int | None = None,
+    compile_decode: bool = False,
+) -> Runner:
+    """The runner for `model`; `window_keep` defaults to half the GPT's block_size."""
+    if isinstance(model, GPT):
+        keep = window_keep if window_keep is not None else max(1, model.block_size // 2)
+        return GPTRunner(model, capacity, keep, compile_decode)
+    if isinstance(model, BigramLanguageModel):
+        return BigramRunner(model)
+    raise TypeError(f"no engine runner for {type(model).__name__}")

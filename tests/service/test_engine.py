@@ -1,0 +1,277 @@
+"""The generation engine on small random-init models (no checkpoints needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import string
+
+import pytest
+import torch
+from prometheus_client import CollectorRegistry, generate_latest
+
+from models.bigram import BigramConfig, BigramLanguageModel
+from models.gpt import GPT, GPTConfig
+from models.sampling import SamplingParams, generate, seeded_generator
+from models.tokenizer import CharTokenizer
+from service.engine import (
+    Engine,
+    EngineClosedError,
+    EngineConfig,
+    GenerationRequest,
+    QueueFullError,
+)
+from service.engine_metrics import EngineCollector
+from service.engine_text import IncrementalDecoder, find_stop, partial_stop_length
+
+pytestmark = pytest.mark.anyio
+
+TOKENIZER = CharTokenizer(sorted(set(string.ascii_lowercase + " .\n")))
+V = TOKENIZER.vocab_size
+BLOCK = 16
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def tiny_gpt() -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
+    return GPT(config).eval()
+
+
+@pytest.fixture(scope="module")
+def gpt() -> GPT:
+    return tiny_gpt()
+
+
+@pytest.fixture
+async def engine(gpt: GPT):
+    engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=40, max_waiting=8))
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def request(prompt: str = "the cat", max_new_tokens: int = 20, **kwargs) -> GenerationRequest:
+    return GenerationRequest(TOKENIZER.encode(prompt), max_new_tokens, **kwargs)
+
+
+def windowed_greedy(model: GPT, prompt: list[int], new_tokens: int, keep: int) -> list[int]:
+    """Full recompute under the engine's windowing rule: the model sees the whole sequence
+    while it fits in block_size, and from the step it would not, only the last `keep` tokens
+    (which then grow until they fill the block again)."""
+
+    def fit(tokens: list[int]) -> list[int]:
+        return tokens if len(tokens) <= model.block_size else tokens[-keep:]
+
+    context, out = fit(prompt), []
+    with torch.inference_mode():
+        for _ in range(new_tokens):
+            logits, _ = model(torch.tensor([context]))
+            out.append(int(logits[0, -1].argmax()))
+            context = fit(context + out[-1:])
+    return out
+
+
+async def test_greedy_engine_text_is_the_recompute_text(engine: Engine, gpt: GPT):
+    req = request("the cat", max_new_tokens=BLOCK - 7, sampling=GREEDY)
+    completion = await engine.submit(req).collect()
+    expected = generate(gpt, list(req.prompt_ids), req.max_new_tokens, GREEDY, seeded_generator(0))
+    assert [t.token_id for t in completion.tokens] == expected
+    assert completion.text == TOKENIZER.decode(expected)
+    assert completion.finish_reason == "length"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (7, 9)
+
+
+@pytest.mark.parametrize("keep", [1, 5, 8, BLOCK])
+async def test_past_block_size_generation_goes_on_with_the_windowing_rule(gpt: GPT, keep: int):
+    engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=4, window_keep=keep))
+    engine.start()
+    prompts = ["a", "the cat sat on", "x" * (BLOCK + 5)]  # short, near the block, beyond it
+    streams = [engine.submit(request(p, 3 * BLOCK + 3, sampling=GREEDY)) for p in prompts]
+    completions = [await s.collect() for s in streams]
+    engine.stop()
+    for prompt, completion in zip(prompts, completions, strict=True):
+        expected = windowed_greedy(gpt, TOKENIZER.encode(prompt), 3 * BLOCK + 3, keep)
+        assert [t.token_id for t in completion.tokens] == expected
+
+
+@pytest.mark.slow
+async def test_a_compiled_decode_step_gives_the_eager_text(gpt: GPT):
+    config = EngineConfig(max_running=4, compile_decode=True)
+    engine = Engine(gpt, TOKENIZER, config)
+    engine.start()  # compiles: some seconds
+    prompts = ["a", "the cat sat on"]  # one row alone, then two: both compiled graphs
+    alone = await engine.submit(request(prompts[0], 2 * BLOCK, sampling=GREEDY)).collect()
+    streams = [engine.submit(request(p, 2 * BLOCK, sampling=GREEDY)) for p in prompts]
+    together = [await s.collect() for s in streams]
+    engine.stop()
+    for prompt, completion in zip(prompts, together, strict=True):
+        expected = windowed_greedy(gpt, TOKENIZER.encode(prompt), 2 * BLOCK, BLOCK // 2)
+        assert [t.token_id for t in completion.tokens] == expected
+    assert alone.text == together[0].text
+
+
+async def test_seeded_text_is_the_same_alone_and_among_31_others(engine: Engine):
+    params = SamplingParams(temperature=0.9, top_k=12, top_p=0.9, min_p=0.02)
+    penalized = SamplingParams(temperature=1.2, repetition_penalty=1.3)
+    probes = [
+        request("the cat", 40, sampling=params, seed=7),
+        request("a dog.", 40, sampling=penalized, seed=8),
+        request("x", 40, seed=9),
+    ]
+    alone = [(await engine.submit(p).collect()).text for p in probes]
+
+    others = [
+        request(
+            "abcdefghij"[: 1 + i % 9],
+            5 + 3 * i,  # they leave at different steps, so the batch keeps changing
+            sampling=SamplingParams(temperature=0.5 + i / 20, top_k=i % 4 * 5, top_p=0.8),
+            seed=100 + i,
+        )
+        for i in range(29)
+    ]
+    streams = [engine.submit(r) for r in others[:15]]
+    streams += [engine.submit(p) for p in probes]
+    streams += [engine.submit(r) for r in others[15:]]
+    together = await asyncio.gather(*(s.collect() for s in streams))
+    assert [c.text for c in together[15:18]] == alone
+    assert len({c.text for c in together}) > 20  # the seeds do matter
+
+
+async def test_the_same_request_twice_gives_the_same_text(engine: Engine):
+    req = request("the", 30, sampling=SamplingParams(temperature=1.0), seed=3)
+    first, second = [await engine.submit(req).collect() for _ in range(2)]
+    assert first.text == second.text
+
+
+async def test_stop_string_ends_generation_and_is_cut_out(engine: Engine):
+    free = await engine.submit(request("the cat", 40, sampling=GREEDY)).collect()
+    stop = free.text[12:14]
+    cut = free.text.index(stop)
+    stream = engine.submit(request("the cat", 40, sampling=GREEDY, stop=("zzzz", stop)))
+    events = [event async for event in stream]
+    completion = stream.completion
+    assert completion.finish_reason == "stop"
+    assert completion.text == free.text[:cut]
+    assert "".join(e.text for e in events) == completion.text  # nothing of the stop streamed
+    assert completion.usage.completion_tokens == cut + len(stop)  # the stop's tokens count
+
+
+async def test_logprobs_are_the_models_own_and_finite(engine: Engine, gpt: GPT):
+    req = request("the cat", 6, sampling=SamplingParams(temperature=2.0), seed=1, top_logprobs=3)
+    completion = await engine.submit(req).collect()
+    ids = list(req.prompt_ids)
+    for event in completion.tokens:
+        with torch.inference_mode():
+            logits, _ = gpt(torch.tensor([ids]))
+        expected = logits[0, -1].log_softmax(dim=-1)  # before temperature
+        assert event.logprob == pytest.approx(float(expected[event.token_id]), abs=1e-4)
+        assert len(event.top_logprobs) == 3
+        assert [t.token_id for t in event.top_logprobs] == expected.topk(3).indices.tolist()
+        assert all(t.text == TOKENIZER.token_text(t.token_id) for t in event.top_logprobs)
+        assert all(math.isfinite(t.logprob) for t in event.top_logprobs)
+        ids.append(event.token_id)
+
+
+async def test_cancel_frees_the_slot_within_a_step(engine: Engine):
+    stream = engine.submit(request("the", 100_000))
+    await anext(stream)
+    assert engine.metrics.running == 1
+    steps_at_cancel = engine.metrics.decode_steps
+    stream.cancel()
+    completion = await stream.collect()
+    assert completion.finish_reason == "cancelled"
+    assert engine.metrics.running == 0
+    assert engine.metrics.decode_steps - steps_at_cancel <= 1
+
+
+async def test_leaving_the_context_early_cancels(engine: Engine):
+    async with engine.submit(request("the", 100_000)) as stream:
+        async for _ in stream:
+            break
+    assert (await stream.collect()).finish_reason == "cancelled"
+
+
+async def test_a_full_queue_refuses_at_once(gpt: GPT):
+    engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=1, max_waiting=1))
+    engine.start()
+    running = engine.submit(request("a", 100_000))
+    waiting = engine.submit(request("b", 5))
+    with pytest.raises(QueueFullError):
+        engine.submit(request("c", 5))
+    assert engine.metrics.requests_rejected == 1
+    running.cancel()
+    assert (await waiting.collect()).finish_reason == "length"
+    engine.stop()
+
+
+async def test_stop_cancels_what_runs_and_refuses_new_requests(gpt: GPT):
+    engine = Engine(gpt, TOKENIZER)
+    engine.start()
+    stream = engine.submit(request("the", 100_000))
+    await anext(stream)
+    await asyncio.to_thread(engine.stop)
+    assert (await stream.collect()).finish_reason == "cancelled"
+    with pytest.raises(EngineClosedError):
+        engine.submit(request())
+
+
+async def test_invalid_requests_are_refused(engine: Engine):
+    with pytest.raises(ValueError, match="prompt_ids"):
+        GenerationRequest([], 5)
+    with pytest.raises(ValueError, match="top_logprobs"):
+        request(top_logprobs=6)
+    with pytest.raises(ValueError, match="token ids"):
+        engine.submit(GenerationRequest([V], 5))
+
+
+async def test_bigram_samples_from_its_table():
+    torch.manual_seed(0)
+    model = BigramLanguageModel(BigramConfig(vocab_size=V, init="normal"))
+    with torch.no_grad():
+        model.token_embedding_table.weight.mul_(300)  # peaked rows: greedy is unambiguous
+    engine = Engine(model.eval(), TOKENIZER, EngineConfig(max_running=8))
+    engine.start()
+    greedy = await engine.submit(request("q", 12, sampling=GREEDY)).collect()
+    flat = SamplingParams(temperature=50.0)  # nearly uniform: the seed decides
+    seeded = [request("the", 50, sampling=flat, seed=s) for s in (1, 1, 2)]
+    texts = [c.text for c in await asyncio.gather(*(engine.submit(r).collect() for r in seeded))]
+    engine.stop()
+    table, previous = model.probability_table().detach(), TOKENIZER.encode("q")[0]
+    for event in greedy.tokens:
+        row = table[previous]
+        assert event.token_id == int(row.argmax())
+        assert event.logprob == pytest.approx(float(row[event.token_id].log()), abs=1e-4)
+        previous = event.token_id
+    assert texts[0] == texts[1] != texts[2]
+
+
+async def test_metrics_count_and_export(engine: Engine):
+    await engine.submit(request("the", 10)).collect()
+    m = engine.metrics
+    assert m.tokens_generated >= 10 and m.requests_finished["length"] >= 1
+    assert m.time_to_first_token.count >= 1 and m.inter_token_latency.count >= 9
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(lambda: {"gpt-tiny": engine.metrics}))
+    text = generate_latest(registry).decode()
+    assert 'tinygpt_engine_generated_tokens_total{model="gpt-tiny"}' in text
+    assert 'tinygpt_engine_time_to_first_token_seconds_bucket{le="+Inf",model="gpt-tiny"}' in text
+    assert 'tinygpt_engine_running_sequences{model="gpt-tiny"} 0.0' in text
+
+
+def test_incremental_decoding_never_splits_a_character():
+    # byte tokens: "é" is two bytes, so two tokens, and decodes only once both are there
+    def decode(ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    decoder = IncrementalDecoder(decode)
+    deltas = [decoder.push(b) for b in "aé!".encode()]
+    assert deltas == ["a", "", "é", "!"]
+
+
+def test_stop_string_helpers():
+    assert find_stop("hello wor", ["wor", "o wor"], new_chars=1) == 4  # the earliest wins
+    assert find_stop("hello wor", ["lo"], new_chars=1) is None  # ended earlier: seen then
+    assert find_stop("hello", ["xyz"], new_chars=5) is None
+    assert partial_stop_length("the en", ["end", "n."]) == 2  # "en" may become "end"
+    assert partial_stop_length("the cat", ["end"]) == 0
