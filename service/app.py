@@ -52,7 +52,7 @@ async def loaded_models(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        registry.unload()
+        await registry.unload()
 
 
 def provide_registry(state: State) -> ModelRegistry:

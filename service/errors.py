@@ -24,7 +24,13 @@ from litestar.status_codes import (
 )
 from litestar.types import ExceptionHandlersMap
 
-from service.exceptions import InvalidRequestError, NotReadyError, ServiceError, UnknownModelError
+from service.exceptions import (
+    InvalidRequestError,
+    NotReadyError,
+    OverloadedError,
+    ServiceError,
+    UnknownModelError,
+)
 from service.schemas import ErrorDetail, ErrorResponse
 from service.settings import MAX_BODY_BYTES
 
@@ -43,6 +49,7 @@ SERVICE_ERROR_STATUS: dict[type[ServiceError], int] = {
     InvalidRequestError: HTTP_400_BAD_REQUEST,
     UnknownModelError: HTTP_404_NOT_FOUND,
     NotReadyError: HTTP_503_SERVICE_UNAVAILABLE,
+    OverloadedError: HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 
@@ -51,8 +58,10 @@ def error_response(
     message: str,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    error_type: str | None = None,
 ) -> Response[ErrorResponse]:
-    error_type = ERROR_TYPES.get(status_code, "invalid_request" if status_code < 500 else "error")
+    default_type = "invalid_request" if status_code < 500 else "error"
+    error_type = error_type or ERROR_TYPES.get(status_code, default_type)
     body = ErrorResponse(error=ErrorDetail(message=message, type=error_type, param=param))
     return Response(body, status_code=status_code, headers=headers)
 
@@ -61,6 +70,9 @@ def service_error_handler(_: Request, exc: ServiceError) -> Response[ErrorRespon
     status_code = next(
         status for error, status in SERVICE_ERROR_STATUS.items() if isinstance(exc, error)
     )
+    if isinstance(exc, OverloadedError):
+        headers = {"retry-after": str(exc.retry_after_seconds)}
+        return error_response(status_code, exc.message, exc.param, headers, "overloaded")
     return error_response(status_code, exc.message, exc.param)
 
 

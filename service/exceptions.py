@@ -24,5 +24,11 @@ class NotReadyError(ServiceError):
     """The models are not loaded (yet, or any more)."""
 
 
+class OverloadedError(ServiceError):
+    """Every generation slot is busy and the waiting queue is full: retry shortly."""
+
+    retry_after_seconds = 1
+
+
 class NoModelsLoadedError(RuntimeError):
     """Startup found no checkpoint it could load: the service refuses to start."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from collections.abc import Callable, Mapping
+
+from prometheus_client import REGISTRY, Counter
+
+from service.engine_metrics import EngineCollector, EngineMetrics
 
 GENERATED_TOKENS = Counter(
     "tinygpt_generated_tokens_total", "Tokens returned by /v1/generate", ["model"]
@@ -10,3 +14,29 @@ GENERATED_TOKENS = Counter(
 PROMPT_TOKENS = Counter(
     "tinygpt_prompt_tokens_total", "Prompt tokens read by /v1/generate", ["model"]
 )
+
+
+class EngineSources:
+    """The engine metrics of every loaded registry in this process, read at scrape time.
+
+    One collector serves the whole process (Prometheus refuses two collectors of the same
+    metric names), so registries sign in when they load and out when they unload."""
+
+    def __init__(self) -> None:
+        self.sources: dict[int, Callable[[], Mapping[str, EngineMetrics]]] = {}
+
+    def add(self, key: int, source: Callable[[], Mapping[str, EngineMetrics]]) -> None:
+        self.sources[key] = source
+
+    def remove(self, key: int) -> None:
+        self.sources.pop(key, None)
+
+    def __call__(self) -> dict[str, EngineMetrics]:
+        merged: dict[str, EngineMetrics] = {}
+        for source in list(self.sources.values()):
+            merged.update(source())
+        return merged
+
+
+ENGINE_SOURCES = EngineSources()
+REGISTRY.register(EngineCollector(ENGINE_SOURCES))

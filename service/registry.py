@@ -7,7 +7,6 @@ Model work runs in worker threads (at most `Settings.worker_threads` at once) un
 
 from __future__ import annotations
 
-import bisect
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -22,15 +21,27 @@ import torch.nn.functional as F
 from models.bigram import empirical_table
 from models.checkpoint import MANIFEST_FILE, Checkpoint, Model, load_checkpoint
 from models.device import resolve_device
-from models.sampling import SamplingParams, generate, seeded_generator
+from models.sampling import SamplingParams
 from models.tokenizer import UnknownCharacterError
 from service import projections
+from service.engine import (
+    Completion,
+    Engine,
+    EngineClosedError,
+    EngineConfig,
+    GenerationRequest,
+    QueueFullError,
+    Stream,
+)
+from service.engine_metrics import EngineMetrics
 from service.exceptions import (
     InvalidRequestError,
     NoModelsLoadedError,
     NotReadyError,
+    OverloadedError,
     UnknownModelError,
 )
+from service.metrics import ENGINE_SOURCES
 from service.schemas import (
     BigramTable,
     DetokenizeRequest,
@@ -84,6 +95,8 @@ class LoadedModel:
     unit_vectors: torch.Tensor
     # Add-one smoothed P(next = j | current = i) of the training split; bigram manifests only.
     empirical: torch.Tensor | None
+    # Owns generation for this model: continuous batching in a decode thread of its own.
+    engine: Engine
 
     @property
     def model(self) -> Model:
@@ -159,7 +172,9 @@ def checkpoint_folders(root: str | Path) -> list[Path]:
     return folders
 
 
-def prepare_model(model_id: str, checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
+def prepare_model(
+    model_id: str, checkpoint: Checkpoint, device: torch.device, engine_config: EngineConfig
+) -> LoadedModel:
     vectors = checkpoint.model.token_vectors().detach()
     counts = checkpoint.manifest.get("bigram_counts")
     empirical = None
@@ -171,6 +186,7 @@ def prepare_model(model_id: str, checkpoint: Checkpoint, device: torch.device) -
         device=device,
         unit_vectors=F.normalize(vectors, dim=1),
         empirical=empirical,
+        engine=Engine.from_checkpoint(checkpoint, engine_config),
     )
 
 
@@ -203,10 +219,25 @@ class ModelRegistry:
         """Load every checkpoint off the event loop; refuses (raises) when none loads."""
         self._limiter = anyio.CapacityLimiter(self.settings.worker_threads)
         self._models = await anyio.to_thread.run_sync(self.load_all)
+        ENGINE_SOURCES.add(id(self), self.engine_metrics)
 
-    def unload(self) -> None:
-        self._models = {}
+    async def unload(self) -> None:
+        """Stop every engine (cancelling what is still generating) and forget the models."""
+        ENGINE_SOURCES.remove(id(self))
+        models, self._models = self._models, {}
         self._projections = {}
+        for model in models.values():
+            await anyio.to_thread.run_sync(model.engine.stop)
+
+    def engine_metrics(self) -> dict[str, EngineMetrics]:
+        return {model_id: model.engine.metrics for model_id, model in self._models.items()}
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            max_running=self.settings.max_running,
+            max_waiting=self.settings.max_waiting,
+            compile_decode=self.settings.compile_decode,
+        )
 
     def load_all(self) -> dict[str, LoadedModel]:
         device = resolve_device(self.settings.device)
@@ -223,7 +254,8 @@ class ModelRegistry:
                 # The weights stay ordinary tensors, usable outside inference mode too.
                 checkpoint = load_checkpoint(folder, device)
                 with torch.inference_mode():
-                    model = prepare_model(folder.name, checkpoint, device)
+                    model = prepare_model(folder.name, checkpoint, device, self.engine_config())
+                model.engine.start()
             # One bad folder must not take the others down: whatever the reason, log it.
             except Exception as err:
                 failures.append(f"{folder.name}: {err}")
@@ -284,6 +316,14 @@ class ModelRegistry:
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         """Continue `request.prompt`; the text is cut before the first stop string."""
+        generation = self.start_generation(request)
+        async with generation.stream:  # leaving early (client gone) cancels the generation
+            completion = await generation.stream.collect()
+        return generation.response(completion)
+
+    def start_generation(self, request: GenerateRequest) -> Generation:
+        """Check `request` and hand it to the model's engine; a bad request fails here, before
+        any token (or any byte of a streamed response) is produced."""
         model = self.get(request.model)
         self.check_text_length(request.prompt, "prompt")
         cap = self.settings.max_new_tokens
@@ -295,25 +335,29 @@ class ModelRegistry:
             )
         prompt_ids = model.encode(request.prompt, "prompt")
         params = SamplingParams(
-            temperature=request.temperature, top_k=request.top_k, top_p=request.top_p
-        )
-        new_ids = await self.compute(
-            sample_tokens,
-            model.model,
-            prompt_ids or [model.tokenizer.start_id],
-            request.max_new_tokens,
-            params,
-            request.seed,
+            temperature=request.temperature,
+            top_k=request.top_k,
+            top_p=request.top_p,
+            min_p=request.min_p,
+            repetition_penalty=request.repetition_penalty,
         )
         stops = [request.stop] if isinstance(request.stop, str) else request.stop
-        text, new_ids, stopped = cut_at_stop(model.tokenizer, new_ids, stops)
-        return GenerateResponse(
-            model=model.id,
-            text=text,
-            token_ids=new_ids,
-            finish_reason="stop" if stopped else "length",
-            usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(new_ids)),
+        engine_request = GenerationRequest(
+            prompt_ids=prompt_ids or [model.tokenizer.start_id],
+            max_new_tokens=request.max_new_tokens,
+            sampling=params,
+            seed=request.seed,
+            stop=tuple(stops),
         )
+        try:
+            return Generation(model.id, model.engine.submit(engine_request), len(prompt_ids))
+        except QueueFullError:
+            raise OverloadedError(
+                f"model {model.id!r} is generating at capacity and its queue is full; "
+                "retry after the Retry-After delay"
+            ) from None
+        except EngineClosedError:
+            raise NotReadyError("the server is shutting down; retry on another instance") from None
 
     # -- next-token distribution ----------------------------------------------------------
 
@@ -420,32 +464,25 @@ class ModelRegistry:
 # -- model work: these run in worker threads -----------------------------------------------
 
 
-def sample_tokens(
-    model: Model,
-    prompt_ids: list[int],
-    max_new_tokens: int,
-    params: SamplingParams,
-    seed: int | None,
-) -> list[int]:
-    """The token producer behind `ModelRegistry.generate`: the plain recompute loop."""
-    return generate(model, prompt_ids, max_new_tokens, params, seeded_generator(seed))
+@dataclass(frozen=True)
+class Generation:
+    """A generation handed to an engine: its token stream, and how to report the result."""
 
+    model_id: str
+    stream: Stream
+    prompt_tokens: int  # the request's own; an empty prompt's start token is not counted
 
-def cut_at_stop(
-    tokenizer: Tokenizer, ids: list[int], stops: list[str]
-) -> tuple[str, list[int], bool]:
-    """The text of `ids` up to the earliest stop string (excluded), the tokens whose text lies
-    wholly before it, and whether a stop string was found."""
-    text = tokenizer.decode(ids)
-    found = [index for stop in stops if (index := text.find(stop)) >= 0]
-    if not found:
-        return text, ids, False
-    cut = min(found)
-    # Decoded prefixes only grow, so the longest one that ends by `cut` is found by bisection.
-    kept = bisect.bisect_right(
-        range(len(ids) + 1), cut, key=lambda count: len(tokenizer.decode(ids[:count]))
-    )
-    return text[:cut], ids[: kept - 1], True
+    def response(self, completion: Completion) -> GenerateResponse:
+        return GenerateResponse(
+            model=self.model_id,
+            text=completion.text,
+            token_ids=[event.token_id for event in completion.tokens],
+            finish_reason=completion.finish_reason,
+            usage=Usage(
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=completion.usage.completion_tokens,
+            ),
+        )
 
 
 def next_token_logits(model: LoadedModel, context_ids: list[int]) -> torch.Tensor:

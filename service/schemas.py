@@ -85,6 +85,13 @@ class GenerateRequest(RequestBody):
     temperature: Annotated[float, Meta(ge=0, description="0 means greedy")] = 1.0
     top_k: Annotated[int, Meta(ge=1)] | None = None
     top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    min_p: Annotated[
+        float, Meta(ge=0, le=1, description="drop tokens less likely than min_p x the top one")
+    ] = 0.0
+    repetition_penalty: Annotated[
+        float,
+        Meta(gt=0, le=10, description="divide the logits of tokens already present (1 = off)"),
+    ] = 1.0
     seed: Annotated[
         Seed | None, Meta(description="same seed and parameters, same text; none = random")
     ] = None
@@ -92,6 +99,13 @@ class GenerateRequest(RequestBody):
         StopString | list[StopString],
         Meta(description="generation ends before the first of these strings"),
     ] = []
+    stream: Annotated[
+        bool,
+        Meta(
+            description="answer with Server-Sent Events: `token` events, then a `done` event "
+            "holding the response object"
+        ),
+    ] = False
 
 
 class Usage(ResponseBody):
@@ -103,8 +117,19 @@ class GenerateResponse(ResponseBody):
     model: str
     text: Annotated[str, Meta(description="the completion only, without the prompt")]
     token_ids: list[int]
-    finish_reason: Literal["length", "stop"]
+    finish_reason: Annotated[
+        Literal["length", "stop", "cancelled"],
+        Meta(description="cancelled: the server was shutting down"),
+    ]
     usage: Usage
+
+
+class TokenStreamEvent(ResponseBody):
+    """The data of one `token` event of a streamed generation."""
+
+    index: int
+    id: int
+    text: Annotated[str, Meta(description="may be empty while a multi-byte character is split")]
 
 
 # -- next-token distribution --------------------------------------------------------------

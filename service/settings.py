@@ -32,6 +32,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_prompt_chars: Annotated[int, msgspec.Meta(ge=1)] = 4096
     # Threads that run model work at once; the rest of the requests wait their turn.
     worker_threads: Annotated[int, msgspec.Meta(ge=1)] = 4
+    # Sequences each model's engine decodes together, and requests that may wait beyond them
+    # before the server answers 503.
+    max_running: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    max_waiting: Annotated[int, msgspec.Meta(ge=0)] = 256
+    # torch.compile the GPT decode step (needs a C++ compiler on CPU; slower start-up).
+    compile_decode: bool = False
     log_level: LogLevel = "info"
 
     @classmethod

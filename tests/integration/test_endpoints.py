@@ -86,7 +86,8 @@ def test_stop_strings_end_the_text_before_them(client):
     index = full["text"].index(stop)
     assert cut["text"] == full["text"][:index] and cut["finish_reason"] == "stop"
     assert cut["token_ids"] == full["token_ids"][:index]
-    assert cut["usage"]["completion_tokens"] == index
+    # Usage counts every token generated, the stop string's too (as OpenAI's API does).
+    assert cut["usage"]["completion_tokens"] == index + len(stop)
 
 
 @pytest.mark.parametrize("model", MODELS)

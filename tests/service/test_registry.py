@@ -119,7 +119,8 @@ async def test_stop_cuts_the_text_before_the_first_stop_string(registry):
     index = full.text.index(stop)
     assert cut.text == full.text[:index] and cut.finish_reason == "stop"
     assert cut.token_ids == full.token_ids[:index]
-    assert cut.usage.completion_tokens == index
+    # Usage counts every token generated, the stop string's too (as OpenAI's API does).
+    assert cut.usage.completion_tokens == index + len(stop)
 
 
 async def test_max_new_tokens_above_the_cap_is_refused(checkpoint_folder):
