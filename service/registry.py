@@ -129,8 +129,13 @@ class LoadedModel:
             ) from None
 
     def token_id(self, token: str, param: str) -> int:
-        """The id of `token`, which must be exactly one token of this model."""
+        """The id of `token`, which must be exactly one token of this model. A subword
+        vocabulary stores words with their leading space (" king"), so a bare word that
+        splits is looked up with one too."""
         ids = self.encode(token, param)
+        if len(ids) != 1 and getattr(self.tokenizer, "kind", "char") == "bpe":
+            spaced = self.encode(" " + token, param)
+            ids = spaced if len(spaced) == 1 else ids
         if len(ids) != 1:
             raise InvalidRequestError(
                 f"`{param}` must be exactly one token of model {self.id!r}, but {token!r} is "

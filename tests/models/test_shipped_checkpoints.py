@@ -13,11 +13,13 @@ from models.train import full_pass_loss
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
-@pytest.mark.parametrize("name", ["bigram-char", "gpt-char"])
-def test_shipped_checkpoint_loads_and_is_small(name):
+@pytest.mark.parametrize(
+    ("name", "vocab_size"), [("bigram-char", 65), ("gpt-char", 65), ("gpt-bpe", 2048)]
+)
+def test_shipped_checkpoint_loads_and_is_small(name, vocab_size):
     checkpoint = load_checkpoint(CHECKPOINTS / name)
     assert checkpoint.kind == name.split("-")[0]
-    assert checkpoint.tokenizer.vocab_size == 65
+    assert checkpoint.tokenizer.vocab_size == vocab_size
     total = sum(p.stat().st_size for p in (CHECKPOINTS / name).iterdir())
     assert total < 25 * 2**20
 

@@ -1,0 +1,64 @@
+"""The shipped subword model through the registry: words in, decoded token text out."""
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.exceptions import InvalidRequestError
+from service.registry import ModelRegistry
+from service.schemas import (
+    GenerateRequest,
+    NeighboursRequest,
+    NextTokenRequest,
+    TokenizeRequest,
+)
+from service.settings import Settings
+
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "gpt-bpe"
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def registry(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ModelRegistry]:
+    root = tmp_path_factory.mktemp("bpe") / "checkpoints"
+    shutil.copytree(SHIPPED, root / "gpt-bpe")
+    registry = ModelRegistry(Settings(checkpoints=str(root), device="cpu"))
+    await registry.load()
+    yield registry
+    await registry.unload()
+
+
+async def test_a_bare_word_finds_its_spaced_token(registry):
+    result = await registry.neighbours(NeighboursRequest(model="gpt-bpe", token="king", k=5))
+    tokens = [n.token for n in result.neighbours]
+    assert " king" not in tokens and len(tokens) == 5
+    assert all(t.startswith(" ") for t in tokens), tokens  # whole words, shown decoded
+
+
+async def test_a_string_of_several_tokens_is_refused_clearly(registry):
+    with pytest.raises(InvalidRequestError, match="exactly one token.*is 4 tokens"):
+        await registry.neighbours(NeighboursRequest(model="gpt-bpe", token="kingdom of", k=3))
+
+
+async def test_tokens_are_shown_as_their_text(registry):
+    result = registry.tokenize(TokenizeRequest(model="gpt-bpe", text="ROMEO: I love thee"))
+    assert "".join(result.tokens) == "ROMEO: I love thee"
+    assert " love" in result.tokens and len(result.ids) < len("ROMEO: I love thee")
+
+
+async def test_next_token_and_generate_work_with_any_text(registry):
+    # Byte-level: characters no training text had still encode.
+    context = "Juliet ♥"
+    result = await registry.next_token(NextTokenRequest(model="gpt-bpe", context=context, top_k=3))
+    assert len(result.distribution) == 3
+    generated = await registry.generate(
+        GenerateRequest(model="gpt-bpe", prompt="ROMEO:", max_new_tokens=20, seed=3)
+    )
+    assert generated.usage.completion_tokens == 20 and generated.text
