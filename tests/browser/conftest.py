@@ -45,7 +45,9 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 WIDE = {"width": 1280, "height": 800}
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API runs an asyncio loop while it is open,
+# and the async (anyio) tests that run after this package cannot start one beside it.
+@pytest.fixture(scope="package")
 def playwright():
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium")
