@@ -51,6 +51,8 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        # Other work on the machine slows training: the load average says how much there was.
+        "load_average_at_start": os.getloadavg(),
     }
 
 
