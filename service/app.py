@@ -16,7 +16,7 @@ from litestar.di import Provide
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 
 from service.controllers.generation import GenerationController
 from service.controllers.health import HealthController
@@ -30,6 +30,8 @@ from service.controllers.playground import (
 from service.controllers.tokenization import TokenizationController
 from service.decoding import StrictJSONRequest
 from service.errors import EXCEPTION_HANDLERS
+from service.metrics import MetricsController
+from service.openapi import ClosedRequestSchemaPlugin
 from service.registry import ModelRegistry
 from service.settings import MAX_BODY_BYTES, Settings
 
@@ -83,7 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             PlaygroundController,
             playground_page,
             playground_static_files,
-            PrometheusController,
+            MetricsController,
         ],
         state=State({"settings": settings, "registry": ModelRegistry(settings)}),
         dependencies={
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": Provide(provide_settings, sync_to_thread=False),
         },
         lifespan=[loaded_models],
+        plugins=[ClosedRequestSchemaPlugin()],
         middleware=[prometheus.middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=StrictJSONRequest,

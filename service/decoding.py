@@ -39,13 +39,27 @@ class StrictJSONRequest(Request):
         if data_field is None:
             return await super().json()
         try:
-            return msgspec.json.decode(await self.body(), type=data_field.annotation)
+            parsed = msgspec.json.decode(await self.body())
+            return msgspec.convert(integral_floats_as_ints(parsed), data_field.annotation)
         except msgspec.ValidationError as err:
             raise validation_error(str(err), data_field.annotation) from None
         except msgspec.DecodeError as err:
             raise InvalidRequestError(
                 f"the request body is not valid JSON ({err}); send a JSON object"
             ) from None
+
+
+def integral_floats_as_ints(value: Any) -> Any:
+    """JSON has numbers, not ints and floats: `5.0` is the integer 5 to JSON Schema (and to
+    JavaScript clients), so it must pass where the schema says `integer`. Ints still pass
+    where it says `number`; `5.5` and `"5"` are still refused for an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [integral_floats_as_ints(item) for item in value]
+    return value
 
 
 def validation_error(msgspec_message: str, schema: Any) -> InvalidRequestError:

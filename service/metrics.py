@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from litestar import Response, get
+from litestar.plugins.prometheus import PrometheusController
 from prometheus_client import REGISTRY, Counter
 
 from service.engine_metrics import EngineCollector, EngineMetrics
@@ -40,3 +42,16 @@ class EngineSources:
 
 ENGINE_SOURCES = EngineSources()
 REGISTRY.register(EngineCollector(ENGINE_SOURCES))
+
+
+class MetricsController(PrometheusController):
+    """Litestar's Prometheus endpoint, documented as the text it answers with."""
+
+    @get(
+        media_type="text/plain",
+        operation_id="metrics",
+        summary="Prometheus metrics",
+        description="HTTP, engine and token counters in Prometheus' text format.",
+    )
+    async def get(self) -> Response:
+        return await PrometheusController.get.fn(self)

@@ -150,7 +150,8 @@ class NextTokenRequest(RequestBody):
         ]
         | None
     ) = None
-    temperature: Annotated[float, Meta(gt=0, description="divides the logits")] = 1.0
+    # Bounded below: dividing by a denormal overflows the logits and gives NaN probabilities.
+    temperature: Annotated[float, Meta(ge=1e-6, description="divides the logits")] = 1.0
 
 
 class TokenProbability(ResponseBody):

@@ -9,7 +9,8 @@ from service.schemas import ErrorResponse
 ERROR_DESCRIPTIONS = {
     400: "Invalid request; `error.param` names the field at fault",
     404: "Unknown model; the message lists the loaded ones",
-    503: "The models are still loading",
+    413: "The request body is larger than the server's limit (64 KiB)",
+    503: "The models are still loading, or the model's queue is full (see `Retry-After`)",
 }
 
 
@@ -23,4 +24,5 @@ def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:
     }
 
 
-MODEL_ERRORS = error_responses(400, 404, 503)
+# Every handler using this takes a JSON body, hence the 413.
+MODEL_ERRORS = error_responses(400, 404, 413, 503)

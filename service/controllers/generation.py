@@ -15,6 +15,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from service.controllers import MODEL_ERRORS
 from service.metrics import GENERATED_TOKENS, PROMPT_TOKENS
+from service.openapi import JSONOrEventStreamOperation
 from service.registry import Generation, ModelRegistry
 from service.schemas import GenerateRequest, GenerateResponse, TokenStreamEvent
 
@@ -56,7 +57,13 @@ class GenerationController(Controller):
     path = "/v1"
     tags = ["generation"]
 
-    @post("/generate", operation_id="generate", status_code=HTTP_200_OK, responses=MODEL_ERRORS)
+    @post(
+        "/generate",
+        operation_id="generate",
+        status_code=HTTP_200_OK,
+        responses=MODEL_ERRORS,
+        operation_class=JSONOrEventStreamOperation,
+    )
     async def generate(
         self, data: JSONBody[GenerateRequest], registry: NamedDependency[ModelRegistry]
     ) -> GenerateResponse | EventStream:

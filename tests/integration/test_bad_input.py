@@ -41,7 +41,7 @@ CASES = [
     ("negative temperature", "/v1/generate", {"model": GPT_ID, "temperature": -0.5}, 400,
      "invalid_request", "temperature", [">= 0"]),
     ("zero temperature for a distribution", "/v1/next-token",
-     {"model": GPT_ID, "temperature": 0}, 400, "invalid_request", "temperature", ["> 0"]),
+     {"model": GPT_ID, "temperature": 0}, 400, "invalid_request", "temperature", [">= 1e-06"]),
     ("top_p zero", "/v1/generate", {"model": GPT_ID, "top_p": 0}, 400, "invalid_request",
      "top_p", ["> 0"]),
     ("top_p above one", "/v1/generate", {"model": GPT_ID, "top_p": 1.5}, 400, "invalid_request",

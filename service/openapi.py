@@ -1,0 +1,97 @@
+"""OpenAPI details that Litestar's generated document would otherwise get wrong."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+import msgspec
+
+# Litestar's own msgspec plugin, extended below; it has no public import path.
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Reference, Schema
+
+from service.schemas import RequestBody
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.typing import FieldDefinition
+
+# JSON Schema keywords for the constraints that msgspec enforces, and Schema's names for them.
+CONSTRAINTS = {
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "pattern": "pattern",
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "exclusiveMinimum": "exclusive_minimum",
+    "exclusiveMaximum": "exclusive_maximum",
+    "minItems": "min_items",
+    "maxItems": "max_items",
+}
+
+
+class ClosedRequestSchemaPlugin(StructSchemaPlugin):
+    """Request bodies as the server decodes them. They answer 400 to an unknown field
+    (`forbid_unknown_fields`), so their schemas say `additionalProperties: false`; and
+    Litestar drops the constraints of types nested in a list or a union (`ids` items >= 0, a
+    `stop` string's minimum length), so they are taken from msgspec's own JSON schema."""
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return super().is_plugin_supported_field(field_definition) and (
+            field_definition.is_subclass_of(RequestBody)
+        )
+
+    def to_openapi_schema(
+        self, field_definition: FieldDefinition, schema_creator: SchemaCreator
+    ) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        schema.additional_properties = False
+        hints = get_type_hints(field_definition.type_, include_extras=True)
+        for field in msgspec.structs.fields(field_definition.type_):
+            prop = (schema.properties or {}).get(field.encode_name)
+            add_constraints(prop, msgspec.json.schema(hints[field.name]))
+        return schema
+
+
+def add_constraints(target: Schema | Reference | None, source: dict[str, Any]) -> None:
+    """Copy the constraints of the JSON schema `source` that `target` lacks, recursively
+    into array items and union alternatives (matched by type)."""
+    if not isinstance(target, Schema):
+        return
+    for keyword, attribute in CONSTRAINTS.items():
+        if keyword in source and getattr(target, attribute) is None:
+            setattr(target, attribute, source[keyword])
+    if isinstance(source.get("items"), dict):
+        add_constraints(target.items, source["items"])
+    alternatives = source.get("anyOf") or source.get("oneOf") or []
+    for option in target.one_of or target.any_of or []:
+        option_type = getattr(option, "type", None)
+        option_type = getattr(option_type, "value", option_type)
+        for alternative in alternatives:
+            if option_type is not None and alternative.get("type") == option_type:
+                add_constraints(option, alternative)
+                break
+
+
+@dataclass
+class JSONOrEventStreamOperation(Operation):
+    """/v1/generate answers 200 with its JSON response object, or with Server-Sent Events
+    when `stream` is true; Litestar would document `oneOf: [response, {}]` as JSON, which no
+    JSON body can match (it matches both)."""
+
+    def __post_init__(self) -> None:
+        success = (self.responses or {}).get("200")
+        content = getattr(success, "content", None)
+        json_body = content.get("application/json") if content else None
+        if content is None or json_body is None or not isinstance(json_body.schema, Schema):
+            return
+        alternatives = [s for s in json_body.schema.one_of or [] if isinstance(s, Reference)]
+        if alternatives:
+            json_body.schema = alternatives[0]
+        content["text/event-stream"] = OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.STRING,
+                description="`event: token` per token, then `event: done` with the response",
+            )
+        )
