@@ -125,7 +125,13 @@ def save_checkpoint(
     }
     pending = path / (MANIFEST_FILE + PENDING_SUFFIX)
     atomic_write_json(pending, manifest)
-    atomic_write_bytes(path / WEIGHTS_FILE, weights)
+    try:
+        atomic_write_bytes(path / WEIGHTS_FILE, weights)
+    except BaseException:
+        # The old weights are still in place (a full disk, say): their manifest stays the
+        # committed one, and the pending one, which matches nothing, goes.
+        pending.unlink(missing_ok=True)
+        raise
     os.replace(pending, path / MANIFEST_FILE)
     return manifest
 
