@@ -164,6 +164,7 @@ class Stream:
         self.completion: Completion | None = None
         self.loop = loop  # the decode thread hands events to this loop
         self.queue: asyncio.Queue[TokenEvent | Completion | BaseException] = asyncio.Queue()
+        self.held_back: Completion | BaseException | None = None  # see ready_tokens
         self.cancel_requested = False  # read by the decode thread at each step
         self.cancel_signal = cancel_signal  # tells the decode thread to look
 
@@ -178,13 +179,25 @@ class Stream:
     async def __anext__(self) -> TokenEvent:
         if self.completion is not None:
             raise StopAsyncIteration
-        item = await self.queue.get()
+        item, self.held_back = self.held_back or await self.queue.get(), None
         if isinstance(item, TokenEvent):
             return item
         if isinstance(item, Completion):
             self.completion = item
             raise StopAsyncIteration
         raise item
+
+    def ready_tokens(self) -> list[TokenEvent]:
+        """The token events already delivered and not yet read, without waiting: a reader that
+        fell behind can write them out together."""
+        events: list[TokenEvent] = []
+        while self.held_back is None and not self.queue.empty():
+            item = self.queue.get_nowait()
+            if isinstance(item, TokenEvent):
+                events.append(item)
+            else:
+                self.held_back = item  # the end: the next __anext__ takes it
+        return events
 
     async def collect(self) -> Completion:
         """Wait for the end and return the Completion (its `tokens` hold every event)."""

@@ -28,6 +28,17 @@ class EventStream(ServerSentEvent):
         return super().to_asgi_response(*args, **{**kwargs, "media_type": self.media_type})
 
 
+class EventBatch(ServerSentEventMessage):
+    """Several events written out as one chunk."""
+
+    def __init__(self, events: list[ServerSentEventMessage]):
+        super().__init__()
+        self.events = events
+
+    def encode(self) -> bytes:
+        return b"".join(event.encode() for event in self.events)
+
+
 def count_tokens(result: GenerateResponse) -> None:
     GENERATED_TOKENS.labels(model=result.model).inc(result.usage.completion_tokens)
     PROMPT_TOKENS.labels(model=result.model).inc(result.usage.prompt_tokens)
@@ -44,9 +55,15 @@ async def generation_events(generation: Generation) -> AsyncIterator[ServerSentE
     stream = generation.stream
     async with stream:
         index = 0
-        async for token in stream:
-            yield sse("token", TokenStreamEvent(index=index, id=token.token_id, text=token.text))
-            index += 1
+        async for first in stream:
+            # A reader that fell behind sends what has piled up in one write, not one each.
+            tokens = [first, *stream.ready_tokens()]
+            events = [
+                sse("token", TokenStreamEvent(index=index + i, id=t.token_id, text=t.text))
+                for i, t in enumerate(tokens)
+            ]
+            yield events[0] if len(events) == 1 else EventBatch(events)
+            index += len(tokens)
         assert stream.completion is not None
         result = generation.response(stream.completion)
     count_tokens(result)

@@ -144,6 +144,18 @@ async def test_the_same_request_twice_gives_the_same_text(engine: Engine):
     assert first.text == second.text
 
 
+async def test_a_reader_that_fell_behind_takes_the_piled_up_tokens_at_once(engine: Engine):
+    whole = await engine.submit(request(seed=4)).collect()
+    stream = engine.submit(request(seed=4))
+    while stream.queue.qsize() < 21:  # 20 tokens and the completion
+        await asyncio.sleep(0.01)
+    piled_up = stream.ready_tokens()
+    assert [t.token_id for t in piled_up] == [t.token_id for t in whole.tokens]
+    assert stream.ready_tokens() == []
+    assert [t async for t in stream] == []
+    assert stream.completion == whole
+
+
 async def test_stop_string_ends_generation_and_is_cut_out(engine: Engine):
     free = await engine.submit(request("the cat", 40, sampling=GREEDY)).collect()
     stop = free.text[12:14]
