@@ -50,9 +50,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# In-process generation speed: engine against full recompute (bench/results/engine.json).
+# Generation speed: in process, the engine against full recompute (bench/results/engine.json),
+# then over HTTP against a server it starts, 1/8/32/64 streaming clients (bench/results/http.json).
 bench: $(STAMP)
-	$(PY) -m bench.engine
+	$(PY) -m bench.engine --threads 1
+	$(PY) -m bench.http
 
 bench-train: $(STAMP)
 	$(PY) -m bench.train_reference
