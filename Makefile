@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium serve test test-fast test-docker screenshots lint format bench bench-train clean
+.PHONY: install chromium serve test test-fast test-docker screenshots lint format bench bench-train clean check typecheck audit load
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -46,6 +46,20 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Static checks CI runs before the tests: lint, formatting, types, known vulnerabilities.
+check: lint typecheck audit
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# The installed dependencies against PyPI's vulnerability data; skipped, saying so, offline.
+audit: $(STAMP)
+	@if $(PY) -c "import urllib.request as u; u.urlopen('https://pypi.org/pypi/pip/json', timeout=10)" >/dev/null 2>&1; then \
+		$(VENV)/bin/pip-audit --skip-editable --progress-spinner off; \
+	else \
+		echo "pip-audit skipped: PyPI's vulnerability data (pypi.org) cannot be reached"; \
+	fi
+
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
@@ -55,6 +69,10 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.engine --threads 1
 	$(PY) -m bench.http
+
+# 64 clients mixing generate, next-token and neighbours for 60 s (bench/results/load.json).
+load: $(STAMP)
+	$(PY) -m bench.load
 
 bench-train: $(STAMP)
 	$(PY) -m bench.train_reference
