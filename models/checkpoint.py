@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,7 @@ MANIFEST_FILE = "manifest.json"
 PENDING_SUFFIX = ".next"
 
 Model = BigramLanguageModel | GPT
+ModelKind = Literal["bigram", "gpt"]
 
 # mkstemp creates owner-only files; checkpoints get the permissions a plain open() would give.
 _UMASK = os.umask(0)
@@ -50,7 +51,7 @@ class Checkpoint:
     manifest: dict[str, Any]
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> ModelKind:
         return self.manifest["kind"]
 
 
@@ -78,7 +79,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
-def model_kind(model: Model) -> str:
+def model_kind(model: Model) -> ModelKind:
     return "gpt" if isinstance(model, GPT) else "bigram"
 
 

@@ -99,7 +99,7 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
 
 def draw_training_pictures(run_dir: str | Path) -> list[Path]:
     """Draw every picture a training folder supports; returns the files written."""
-    from models.bigram import empirical_table
+    from models.bigram import BigramLanguageModel, empirical_table
     from models.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -110,9 +110,10 @@ def draw_training_pictures(run_dir: str | Path) -> list[Path]:
     plot_drift(history, written[1])
     if (run_dir / "manifest.json").is_file():
         checkpoint = load_checkpoint(run_dir)
-        if checkpoint.kind == "bigram" and "bigram_counts" in checkpoint.manifest:
+        model = checkpoint.model
+        if isinstance(model, BigramLanguageModel) and "bigram_counts" in checkpoint.manifest:
             with torch.no_grad():
-                learned = checkpoint.model.probability_table().float()
+                learned = model.probability_table().float()
             empirical = empirical_table(torch.tensor(checkpoint.manifest["bigram_counts"]))
             labels = [checkpoint.tokenizer.token_text(i) for i in range(len(learned))]
             written.append(run_dir / HEATMAP_FILE)

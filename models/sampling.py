@@ -7,9 +7,14 @@ output depends only on its own seed and parameters, never on what else shares th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from models.bigram import BigramLanguageModel
+    from models.gpt import GPT
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,7 @@ def seeded_generator(seed: int | None) -> torch.Generator:
 
 @torch.inference_mode()
 def generate(
-    model: torch.nn.Module,
+    model: GPT | BigramLanguageModel,
     prompt_ids: list[int],
     max_new_tokens: int,
     params: SamplingParams,

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from models.bigram import (
     BigramConfig,
+    BigramInit,
     BigramLanguageModel,
     bigram_counts,
     empirical_table,
@@ -107,7 +108,7 @@ class TrainConfig:
     tokenizer: str = "char"  # "char" or "bpe"
     vocab_size: int | None = None  # bpe only: DEFAULT_BPE_VOCAB when not given
     # bigram
-    init: str = "zeros"
+    init: BigramInit = "zeros"
     laplace: float = 0.0  # pseudo-counts per table cell, as a prior in the objective
     # gpt
     n_layer: int = 4
@@ -124,7 +125,7 @@ class TrainConfig:
             self.vocab_size = DEFAULT_BPE_VOCAB
         if self.tokenizer == "char" and self.vocab_size is not None:
             raise TrainingError("--vocab-size applies to --tokenizer bpe only")
-        if self.tokenizer == "bpe" and self.vocab_size < MIN_BPE_VOCAB:
+        if self.tokenizer == "bpe" and (self.vocab_size or 0) < MIN_BPE_VOCAB:
             raise TrainingError(
                 f"--vocab-size {self.vocab_size} is too small: a byte-level BPE vocabulary "
                 f"holds the {MIN_BPE_VOCAB} bytes plus the merges it learns"
@@ -344,6 +345,7 @@ class Trainer:
         # Every rank must hold the same vocabulary: rank 0 learns it, the others receive it.
         learned = None
         if self.dist.is_main:
+            assert self.cfg.vocab_size is not None  # TrainConfig sets it for bpe
             learned = bpe_for_training_split(text, self.cfg.vocab_size).to_dict()
         return tokenizer_from_dict(broadcast_from_main(learned))
 

@@ -22,6 +22,7 @@ from service.controllers.generation import GenerationController
 from service.controllers.health import HealthController
 from service.controllers.inspection import InspectionController
 from service.controllers.models import ModelsController
+from service.controllers.openai import OpenAIController
 from service.controllers.playground import (
     PlaygroundController,
     playground_page,
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             ModelsController,
             GenerationController,
+            OpenAIController,
             InspectionController,
             TokenizationController,
             PlaygroundController,

@@ -65,6 +65,7 @@ def integral_floats_as_ints(value: Any) -> Any:
 def validation_error(msgspec_message: str, schema: Any) -> InvalidRequestError:
     """A readable InvalidRequestError naming the field that msgspec refused."""
     match = ERROR_AT.fullmatch(msgspec_message)
+    assert match is not None  # the pattern matches any message
     problem, path = match["problem"], (match["path"] or "").lstrip(".")
     named = NAMED_FIELD.fullmatch(problem)
     if named and named["what"] == "contains unknown":

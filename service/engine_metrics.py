@@ -10,6 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,6 +23,8 @@ from prometheus_client.registry import Collector
 # Upper bounds in seconds. A token takes well under a millisecond to a few milliseconds per
 # decode step here; the first token also waits in the queue and for its prefill.
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The metric family a collector builds: each `family(...)` call returns the class it was given.
+F = TypeVar("F", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
 ITL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -77,7 +80,7 @@ class EngineCollector(Collector):
         self.engines = engines
 
     def collect(self) -> Iterator[Metric]:
-        def family(kind: type, name: str, doc: str) -> Metric:
+        def family(kind: type[F], name: str, doc: str) -> F:
             return kind(f"tinygpt_engine_{name}", doc, labels=["model"])
 
         running = family(GaugeMetricFamily, "running_sequences", "Sequences being decoded")

@@ -11,6 +11,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -19,12 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from models.bigram import empirical_table
-from models.checkpoint import MANIFEST_FILE, Checkpoint, Model, load_checkpoint
+from models.checkpoint import MANIFEST_FILE, Checkpoint, Model, ModelKind, load_checkpoint
 from models.device import resolve_device
 from models.sampling import SamplingParams
 from models.tokenizer import UnknownCharacterError
 from service import projections
 from service.engine import (
+    LOGPROB_FLOOR,
     Completion,
     Engine,
     EngineClosedError,
@@ -107,7 +109,7 @@ class LoadedModel:
         return self.checkpoint.tokenizer
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> ModelKind:
         return self.checkpoint.kind
 
     @property
@@ -148,6 +150,9 @@ class LoadedModel:
         manifest = self.checkpoint.manifest
         return ModelInfo(
             id=self.id,
+            object="model",
+            created=unix_time(manifest.get("created_at")),
+            owned_by="tinygpt-serve",
             kind=self.kind,
             vocab_size=self.vocab_size,
             parameters=self.parameters,
@@ -156,6 +161,17 @@ class LoadedModel:
             metrics=manifest.get("metrics", {}),
             created_at=manifest.get("created_at"),
         )
+
+
+def unix_time(iso: str | None) -> int:
+    """Seconds since the epoch of an ISO 8601 time (naive means UTC); 0 if absent or unreadable."""
+    if not iso:
+        return 0
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return 0
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
 
 
 def checkpoint_folders(root: str | Path) -> list[Path]:
@@ -326,9 +342,10 @@ class ModelRegistry:
             completion = await generation.stream.collect()
         return generation.response(completion)
 
-    def start_generation(self, request: GenerateRequest) -> Generation:
+    def start_generation(self, request: GenerateRequest, top_logprobs: int = 0) -> Generation:
         """Check `request` and hand it to the model's engine; a bad request fails here, before
-        any token (or any byte of a streamed response) is produced."""
+        any token (or any byte of a streamed response) is produced. `top_logprobs`: the most
+        likely alternatives each token event reports (0..5)."""
         model = self.get(request.model)
         self.check_text_length(request.prompt, "prompt")
         cap = self.settings.max_new_tokens
@@ -353,6 +370,7 @@ class ModelRegistry:
             sampling=params,
             seed=request.seed,
             stop=tuple(stops),
+            top_logprobs=top_logprobs,
         )
         try:
             return Generation(model.id, model.engine.submit(engine_request), len(prompt_ids))
@@ -363,6 +381,16 @@ class ModelRegistry:
             ) from None
         except EngineClosedError:
             raise NotReadyError("the server is shutting down; retry on another instance") from None
+
+    async def score_prompt(
+        self, model_id: str, prompt: str, top_logprobs: int
+    ) -> list[PromptTokenScore]:
+        """Each token of `prompt` with the model's log-probability of it given the tokens
+        before (None for the first, which has no context), and the `top_logprobs` most likely
+        alternatives there; one forward pass per context window, in a worker thread."""
+        model = self.get(model_id)
+        ids = model.encode(prompt, "prompt")
+        return await self.compute(prompt_token_scores, model, ids, top_logprobs)
 
     # -- next-token distribution ----------------------------------------------------------
 
@@ -488,6 +516,58 @@ class Generation:
                 completion_tokens=completion.usage.completion_tokens,
             ),
         )
+
+
+@dataclass(frozen=True)
+class PromptTokenScore:
+    token_id: int
+    text: str
+    logprob: float | None  # None for the first token: nothing comes before it
+    top_logprobs: list[tuple[str, float]]  # most likely first; empty for the first token
+
+
+def prompt_logits(model: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """(len(ids) - 1, V) logits: row t predicts ids[t + 1]. Prompts longer than the GPT's
+    context are scored in windows overlapping by half, each position once, with at least
+    half a window of context."""
+    if model.kind == "bigram":
+        return model.model.token_vectors()[ids[:-1]]
+    block = model.model.block_size
+    rows: list[torch.Tensor] = []
+    start, scored = 0, 0  # scored: positions t (predicting ids[t + 1]) done so far
+    while scored < len(ids) - 1:
+        window = ids[start : start + block]
+        logits, _ = model.model(torch.tensor([window], dtype=torch.long, device=model.device))
+        end = start + len(window) - 1  # the window predicts positions start .. end - 1
+        rows.append(logits[0, scored - start : end - start])
+        scored = end
+        start = max(0, scored - block // 2)
+    return torch.cat(rows)
+
+
+def prompt_token_scores(
+    model: LoadedModel, ids: list[int], top_logprobs: int
+) -> list[PromptTokenScore]:
+    if not ids:
+        return []
+    text = model.tokenizer.token_text
+    scores = [PromptTokenScore(ids[0], text(ids[0]), None, [])]
+    if len(ids) == 1:
+        return scores
+    logprobs = prompt_logits(model, ids).float().log_softmax(dim=-1)
+    logprobs = logprobs.nan_to_num(LOGPROB_FLOOR, 0, LOGPROB_FLOOR).clamp_(min=LOGPROB_FLOOR)
+    chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0]
+    tops_values: list[list[float]] = [[] for _ in ids[1:]]
+    tops_ids: list[list[int]] = [[] for _ in ids[1:]]
+    if top_logprobs:
+        top = logprobs.topk(min(top_logprobs, model.vocab_size), dim=-1)
+        tops_values, tops_ids = top.values.tolist(), top.indices.tolist()
+    for token_id, logprob, values, alternatives in zip(
+        ids[1:], chosen.tolist(), tops_values, tops_ids, strict=True
+    ):
+        top_list = [(text(i), v) for i, v in zip(alternatives, values, strict=True)]
+        scores.append(PromptTokenScore(token_id, text(token_id), logprob, top_list))
+    return scores
 
 
 def next_token_logits(model: LoadedModel, context_ids: list[int]) -> torch.Tensor:

@@ -50,6 +50,9 @@ class Readiness(ResponseBody):
 
 class ModelInfo(ResponseBody):
     id: str
+    object: Literal["model"]
+    created: Annotated[int, Meta(description="Unix time the checkpoint was made; 0 if unknown")]
+    owned_by: str
     kind: Literal["bigram", "gpt"]
     vocab_size: int
     parameters: int
@@ -67,7 +70,10 @@ class ServerLimits(ResponseBody):
 
 
 class ModelList(ResponseBody):
-    models: list[ModelInfo]
+    """OpenAI's list shape (`object`, `data`), plus this server's `limits`."""
+
+    object: Literal["list"]
+    data: list[ModelInfo]
     limits: ServerLimits
 
 
@@ -118,8 +124,11 @@ class GenerateResponse(ResponseBody):
     text: Annotated[str, Meta(description="the completion only, without the prompt")]
     token_ids: list[int]
     finish_reason: Annotated[
-        Literal["length", "stop", "cancelled"],
-        Meta(description="cancelled: the server was shutting down"),
+        Literal["length", "stop", "cancelled", "timeout"],
+        Meta(
+            description="cancelled: the server was shutting down; timeout: the request "
+            "timeout (TINYGPT_REQUEST_TIMEOUT) ended it"
+        ),
     ]
     usage: Usage
 

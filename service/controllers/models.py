@@ -23,4 +23,4 @@ class ModelsController(Controller):
         limits = ServerLimits(
             max_new_tokens=settings.max_new_tokens, max_prompt_chars=settings.max_prompt_chars
         )
-        return ModelList(models=registry.describe(), limits=limits)
+        return ModelList(object="list", data=registry.describe(), limits=limits)

@@ -69,7 +69,7 @@ class Playground {
     for (let attempt = 0; ; attempt++) {
       try {
         const body = await getJSON("/v1/models");
-        this.models = body.models;
+        this.models = body.data;
         this.limits = body.limits;
         break;
       } catch (err) {

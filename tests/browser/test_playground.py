@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def test_the_page_lists_the_shipped_models_and_every_control_has_a_label(page, api):
-    ids = [model["id"] for model in api.get("/v1/models").json()["models"]]
+    ids = [model["id"] for model in api.get("/v1/models").json()["data"]]
     assert page.eval_on_selector_all("#model option", "els => els.map(e => e.value)") == ids
     assert page.input_value("#model") == GPT  # a GPT first: it writes the better text
     assert "818,048 parameters" in page.text_content("#model-info")

@@ -164,7 +164,7 @@ def test_ready_lists_the_baked_checkpoints(client: httpx.Client):
 def test_models_run_on_the_cpu(client: httpx.Client):
     response = client.get("/v1/models")
     assert response.status_code == 200, response.text
-    models = response.json()["models"]
+    models = response.json()["data"]
     assert sorted(m["id"] for m in models) == baked_models()
     assert {m["device"] for m in models} == {"cpu"}
 

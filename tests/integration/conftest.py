@@ -19,6 +19,7 @@ from tests.service.tiny_models import GPT_ID, tiny_checkpoint_folder
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 90
+SHIPPED_GPT = "gpt-char"
 
 
 @dataclass
@@ -107,3 +108,23 @@ def wait_until_ready(process: subprocess.Popen, server: Server) -> None:
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def shipped_gpt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server of the shipped gpt-char alone: slow enough that 1024 tokens take seconds, so a
+    disconnect lands mid-generation (the tiny test GPT finishes before a client can leave)."""
+    workdir = tmp_path_factory.mktemp("shipped")
+    shutil.copytree(REPO / "checkpoints" / SHIPPED_GPT, workdir / "checkpoints" / SHIPPED_GPT)
+    port = free_port()
+    server = Server(f"http://127.0.0.1:{port}", workdir / "checkpoints", workdir / "server.log")
+    env = server_environment(TINYGPT_CHECKPOINTS=str(server.checkpoints), TINYGPT_DEVICE="cpu")
+    with server.log_path.open("w") as log:
+        process = subprocess.Popen(
+            serve_command(port), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
+        try:
+            wait_until_ready(process, server)
+            yield server
+        finally:
+            stop(process)

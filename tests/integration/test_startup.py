@@ -58,7 +58,7 @@ def test_uvicorn_factory_reads_every_setting_from_the_environment(checkpoint_fol
         try:
             wait_until_ready(process, server)
             models = httpx.get(f"{server.url}/v1/models").json()
-            assert [model["id"] for model in models["models"]] == [BIGRAM_ID]
+            assert [model["id"] for model in models["data"]] == [BIGRAM_ID]
             assert models["limits"]["max_new_tokens"] == 8
             response = httpx.post(
                 f"{server.url}/v1/generate", json={"model": BIGRAM_ID, "max_new_tokens": 9}

@@ -3,26 +3,13 @@ before the stream, and a disconnect that frees the engine slot."""
 
 import json
 import re
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.integration.conftest import (
-    REPO,
-    Server,
-    free_port,
-    serve_command,
-    server_environment,
-    stop,
-    wait_until_ready,
-)
+from tests.integration.conftest import SHIPPED_GPT
 from tests.service.tiny_models import BIGRAM_ID, GPT_ID
-
-SHIPPED_GPT = "gpt-char"
 
 
 def parse_sse(raw: str) -> list[tuple[str, dict]]:
@@ -81,26 +68,6 @@ def engine_metric(client: httpx.Client, name: str, **labels: str) -> float:
     match = pattern.search(client.get("/metrics").text)
     assert match, f"no tinygpt_engine_{name}{{{wanted}}} in /metrics"
     return float(match.group(1))
-
-
-@pytest.fixture(scope="module")
-def shipped_gpt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server of the shipped gpt-char alone: slow enough that 1024 tokens take seconds, so a
-    disconnect lands mid-generation (the tiny test GPT finishes before a client can leave)."""
-    workdir = tmp_path_factory.mktemp("shipped")
-    shutil.copytree(REPO / "checkpoints" / SHIPPED_GPT, workdir / "checkpoints" / SHIPPED_GPT)
-    port = free_port()
-    server = Server(f"http://127.0.0.1:{port}", workdir / "checkpoints", workdir / "server.log")
-    env = server_environment(TINYGPT_CHECKPOINTS=str(server.checkpoints), TINYGPT_DEVICE="cpu")
-    with server.log_path.open("w") as log:
-        process = subprocess.Popen(
-            serve_command(port), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
-        )
-        try:
-            wait_until_ready(process, server)
-            yield server
-        finally:
-            stop(process)
 
 
 def test_a_client_that_disconnects_frees_its_slot(shipped_gpt_server):

@@ -87,9 +87,9 @@ async def test_the_app_refuses_to_start_when_no_checkpoint_loads(tmp_path):
 
 async def test_models_lists_metrics_and_limits(client):
     body = (await client.get("/v1/models")).json()
-    assert [m["id"] for m in body["models"]] == [BIGRAM_ID, GPT_ID]
+    assert [m["id"] for m in body["data"]] == [BIGRAM_ID, GPT_ID]
     assert body["limits"] == {"max_new_tokens": 1024, "max_prompt_chars": 4096}
-    gpt = body["models"][1]
+    gpt = body["data"][1]
     assert {"kind", "vocab_size", "parameters", "context_length", "device", "metrics"} <= set(gpt)
     assert gpt["device"] == "cpu" and "val_loss" in gpt["metrics"]
 

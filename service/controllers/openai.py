@@ -1,0 +1,390 @@
+"""OpenAI-compatible completions: `POST /v1/completions`, whole or streamed as SSE chunks.
+
+Each choice is one engine request (prompt-major: choice `i * n + j` is prompt i's j-th), seeded
+with `seed + index` when a seed is given, so choices differ yet stay reproducible. Errors on
+this route use OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+from litestar import Controller, Request, Response, post
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody
+from litestar.response import ServerSentEventMessage
+from litestar.status_codes import HTTP_200_OK
+
+from service.controllers.generation import EventStream
+from service.errors import http_error_handler, service_error_handler, unexpected_error_handler
+from service.exceptions import InvalidRequestError, ServiceError
+from service.metrics import GENERATED_TOKENS, PROMPT_TOKENS
+from service.openai_schemas import (
+    MAX_STOP_STRINGS,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionUsage,
+    OpenAIErrorDetail,
+    OpenAIErrorResponse,
+)
+from service.openapi import JSONOrEventStreamOperation
+from service.registry import Generation, ModelRegistry, PromptTokenScore
+from service.schemas import ErrorResponse, GenerateRequest
+
+OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+OPENAI_ERROR_CODES = {404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}
+
+
+def openai_error_handler(request: Request, exc: Exception) -> Response[OpenAIErrorResponse]:
+    """The service's error, rewrapped in OpenAI's envelope (same status, message and param)."""
+    if isinstance(exc, ServiceError):
+        native = service_error_handler(request, exc)
+    elif isinstance(exc, HTTPException):
+        native = http_error_handler(request, exc)
+    else:
+        native = unexpected_error_handler(request, exc)
+    status = native.status_code
+    detail = native.content.error if isinstance(native.content, ErrorResponse) else None
+    message = detail.message if detail else "error"
+    if status == 404 and not (detail and detail.param == "model"):
+        code: str | None = "not_found"
+    else:
+        code = OPENAI_ERROR_CODES.get(status, detail.type if detail else None)
+    error_type = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else None)
+    body = OpenAIErrorResponse(
+        error=OpenAIErrorDetail(
+            message=message,
+            type=error_type or (detail.type if detail else "error"),
+            param=detail.param if detail else None,
+            code=code,
+        )
+    )
+    return Response(body, status_code=status, headers=native.headers)
+
+
+OPENAI_ERROR_DESCRIPTIONS = {
+    400: "Invalid request; `error.param` names the field at fault",
+    404: "Unknown model (`error.code` is model_not_found); the message lists the loaded ones",
+    413: "The request body is larger than the server's limit (64 KiB)",
+    503: "The models are still loading, or the model's queue is full (see `Retry-After`)",
+}
+OPENAI_ERRORS = {
+    code: ResponseSpec(OpenAIErrorResponse, description=text, generate_examples=False)
+    for code, text in OPENAI_ERROR_DESCRIPTIONS.items()
+}
+
+
+def refuse_unsupported(data: CompletionRequest) -> None:
+    """OpenAI fields that these models cannot honour: fine at their neutral values only."""
+    n = data.n or 1
+    problems = [
+        (data.frequency_penalty not in (None, 0), "frequency_penalty",
+         "`frequency_penalty` is not supported (only 0); use `repetition_penalty` instead"),
+        (data.presence_penalty not in (None, 0), "presence_penalty",
+         "`presence_penalty` is not supported (only 0); use `repetition_penalty` instead"),
+        (data.best_of not in (None, n), "best_of",
+         "`best_of` is not supported: leave it out or make it equal to `n`"),
+        (bool(data.logit_bias), "logit_bias", "`logit_bias` is not supported: leave it out"),
+        (bool(data.suffix), "suffix", "`suffix` (insertion) is not supported: leave it out"),
+        (isinstance(data.stop, list) and len(data.stop) > MAX_STOP_STRINGS, "stop",
+         f"`stop` may hold at most {MAX_STOP_STRINGS} strings"),
+        (isinstance(data.prompt, list) and not data.prompt, "prompt",
+         "`prompt` is an empty list; send a string or a list of strings"),
+    ]  # fmt: skip
+    for failed, param, message in problems:
+        if failed:
+            raise InvalidRequestError(message, param=param)
+
+
+@dataclass
+class Choice:
+    """One choice being generated: its engine stream and what it has produced so far."""
+
+    index: int
+    prompt_index: int
+    generation: Generation
+    echo_text: str = ""
+    echo_scores: Sequence[PromptTokenScore] = ()
+    text: list[str] = field(default_factory=list)
+    offset: int = 0  # characters of text (echo included) before the next token
+
+
+class CompletionJob:
+    """A checked completion request: its prompts, and a Choice per engine request."""
+
+    def __init__(self, data: CompletionRequest, registry: ModelRegistry):
+        refuse_unsupported(data)
+        self.data = data
+        self.registry = registry
+        self.prompts = [data.prompt] if isinstance(data.prompt, str) else data.prompt
+        self.n = data.n or 1
+        self.logprobs = data.logprobs
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.choices: list[Choice] = []
+        self.model = registry.get(data.model).id
+        self.scores: list[Sequence[PromptTokenScore]] = [() for _ in self.prompts]
+
+    def native_request(self, prompt: str, index: int) -> GenerateRequest:
+        data = self.data
+        stop = data.stop if data.stop is not None else []
+        try:
+            return GenerateRequest(
+                model=data.model,
+                prompt=prompt,
+                max_new_tokens=data.max_tokens if data.max_tokens is not None else 16,
+                temperature=data.temperature if data.temperature is not None else 1.0,
+                top_k=data.top_k,
+                top_p=data.top_p if data.top_p is not None else 1.0,
+                min_p=data.min_p,
+                repetition_penalty=data.repetition_penalty,
+                seed=None if data.seed is None else (data.seed + index) % 2**63,
+                stop=stop,
+            )
+        except (TypeError, ValueError) as err:  # msgspec structs do not check Meta here
+            raise InvalidRequestError(str(err)) from None
+
+    async def start(self) -> None:
+        """Check everything, score echoed prompts, then hand every choice to the engine; a
+        failure here (before any byte is sent) becomes an error response."""
+        cap = self.registry.settings.max_new_tokens
+        if self.data.max_tokens is not None and self.data.max_tokens > cap:
+            raise InvalidRequestError(
+                f"`max_tokens` is {self.data.max_tokens}, above this server's cap of {cap} "
+                f"(TINYGPT_MAX_NEW_TOKENS); ask for at most {cap}",
+                param="max_tokens",
+            )
+        if self.data.echo and self.logprobs is not None:
+            for i, prompt in enumerate(self.prompts):
+                self.registry.check_text_length(prompt, "prompt")
+                self.scores[i] = await self.registry.score_prompt(self.model, prompt, self.logprobs)
+        try:
+            for i, prompt in enumerate(self.prompts):
+                for j in range(self.n):
+                    index = i * self.n + j
+                    generation = self.registry.start_generation(
+                        self.native_request(prompt, index), top_logprobs=self.logprobs or 0
+                    )
+                    choice = Choice(index=index, prompt_index=i, generation=generation)
+                    if self.data.echo:
+                        choice.echo_text, choice.echo_scores = prompt, self.scores[i]
+                    self.choices.append(choice)
+        except BaseException:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        for choice in self.choices:
+            choice.generation.stream.cancel()
+
+    def logprobs_of(
+        self, choice: Choice, scores: Sequence[PromptTokenScore], events: Sequence
+    ) -> CompletionLogprobs:
+        """Logprobs for prompt `scores` (echo) and then generated token `events`, with text
+        offsets continuing from `choice.offset`, which this advances."""
+        out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+        for score in scores:
+            out.tokens.append(score.text)
+            out.token_logprobs.append(score.logprob)
+            out.top_logprobs.append(None if score.logprob is None else dict(score.top_logprobs))
+            out.text_offset.append(choice.offset)
+            choice.offset += len(score.text)
+        for event in events:
+            out.tokens.append(event.text)
+            out.token_logprobs.append(event.logprob)
+            out.top_logprobs.append({top.text: top.logprob for top in event.top_logprobs})
+            out.text_offset.append(choice.offset)
+            choice.offset += len(event.text)
+        return out
+
+    def usage(self, completion_tokens: int) -> CompletionUsage:
+        prompt_tokens = sum(
+            c.generation.prompt_tokens for c in self.choices if c.index % self.n == 0
+        )
+        return CompletionUsage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+    def record(self, choice: Choice, completion_tokens: int) -> None:
+        GENERATED_TOKENS.labels(model=self.model).inc(completion_tokens)
+        if choice.index % self.n == 0:
+            PROMPT_TOKENS.labels(model=self.model).inc(choice.generation.prompt_tokens)
+
+    def envelope(
+        self, choices: list[CompletionChoice], usage: CompletionUsage | None
+    ) -> Completion:
+        return Completion(
+            id=self.id,
+            object="text_completion",
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=usage,
+        )
+
+    async def whole(self) -> Completion:
+        try:
+            completions = await asyncio.gather(
+                *(choice.generation.stream.collect() for choice in self.choices)
+            )
+        finally:
+            self.cancel()  # a no-op for finished streams; frees the rest if we were cancelled
+        choices = []
+        total = 0
+        for choice, completion in zip(self.choices, completions, strict=True):
+            tokens = completion.usage.completion_tokens
+            total += tokens
+            self.record(choice, tokens)
+            logprobs = None
+            if self.logprobs is not None:
+                logprobs = self.logprobs_of(choice, choice.echo_scores, completion.tokens)
+            choices.append(
+                CompletionChoice(
+                    text=choice.echo_text + completion.text,
+                    index=choice.index,
+                    logprobs=logprobs,
+                    finish_reason=completion.finish_reason,
+                )
+            )
+        return self.envelope(choices, self.usage(total))
+
+    def chunk(self, choice: CompletionChoice) -> ServerSentEventMessage:
+        return sse_data(msgspec.json.encode(self.envelope([choice], None)).decode())
+
+    async def events(self) -> AsyncIterator[ServerSentEventMessage]:
+        """OpenAI's chunks: a chunk per token per choice (interleaved as they come), a last one
+        per choice with its finish_reason, optionally a usage chunk, then `[DONE]`. A client
+        that leaves cancels this generator, and `finally` frees every engine slot."""
+        try:
+            for choice in self.choices:
+                if choice.echo_text:
+                    logprobs = None
+                    if self.logprobs is not None:
+                        logprobs = self.logprobs_of(choice, choice.echo_scores, ())
+                    yield self.chunk(
+                        CompletionChoice(
+                            text=choice.echo_text,
+                            index=choice.index,
+                            logprobs=logprobs,
+                            finish_reason=None,
+                        )
+                    )
+            total = 0
+            async for choice, event in merged(self.choices):
+                if event is None:  # this choice's stream has ended
+                    completion = choice.generation.stream.completion
+                    assert completion is not None
+                    tokens = completion.usage.completion_tokens
+                    total += tokens
+                    self.record(choice, tokens)
+                    empty = CompletionLogprobs(
+                        tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[]
+                    )
+                    yield self.chunk(
+                        CompletionChoice(
+                            text="",
+                            index=choice.index,
+                            logprobs=empty if self.logprobs is not None else None,
+                            finish_reason=completion.finish_reason,
+                        )
+                    )
+                    continue
+                logprobs = None
+                if self.logprobs is not None:
+                    logprobs = self.logprobs_of(choice, (), [event])
+                yield self.chunk(
+                    CompletionChoice(
+                        text=event.text, index=choice.index, logprobs=logprobs, finish_reason=None
+                    )
+                )
+            options = self.data.stream_options
+            if options is not None and options.include_usage:
+                yield sse_data(msgspec.json.encode(self.envelope([], self.usage(total))).decode())
+            yield sse_data("[DONE]")
+        finally:
+            self.cancel()
+
+
+def sse_data(data: str) -> ServerSentEventMessage:
+    return ServerSentEventMessage(data=data, sep="\n")
+
+
+async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, object]]:
+    """(choice, token event) as each choice's stream delivers; (choice, None) when it ends."""
+    pending: dict[asyncio.Future, Choice] = {}
+
+    def ask(choice: Choice) -> None:
+        pending[asyncio.ensure_future(anext_or_none(choice))] = choice
+
+    for choice in choices:
+        ask(choice)
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: pending[f].index):
+                choice = pending.pop(future)
+                event = future.result()
+                yield choice, event
+                if event is not None:
+                    ask(choice)
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+async def anext_or_none(choice: Choice) -> object:
+    try:
+        return await anext(choice.generation.stream)
+    except StopAsyncIteration:
+        return None
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+    tags = ["openai"]
+    # Every class the app maps too, so that none of the app's native handlers wins here.
+    exception_handlers = {
+        ServiceError: openai_error_handler,
+        HTTPException: openai_error_handler,
+        Exception: openai_error_handler,
+    }
+
+    @post(
+        "/completions",
+        operation_id="createCompletion",
+        status_code=HTTP_200_OK,
+        responses=OPENAI_ERRORS,
+        operation_class=JSONOrEventStreamOperation,
+    )
+    async def create_completion(
+        self, data: JSONBody[CompletionRequest], registry: NamedDependency[ModelRegistry]
+    ) -> Completion | EventStream:
+        """OpenAI-compatible text completion (the official `openai` client works against
+        `/v1`). `logprobs` reports the model's own log-probabilities, before temperature,
+        top_k/top_p/min_p filtering and the repetition penalty; with `echo` the prompt's tokens
+        are scored too (the first has no log-probability: null). With `stream: true` the answer
+        is Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; bad input
+        is refused with a 4xx before the stream starts."""
+        job = CompletionJob(data, registry)
+        await job.start()
+        if data.stream:
+            return EventStream(job.events())
+        return await job.whole()
