@@ -34,6 +34,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.metrics import MetricsController
 from service.openapi import ClosedRequestSchemaPlugin
 from service.registry import ModelRegistry
+from service.security import api_key_middleware, cors_config, rate_limit_middleware
 from service.settings import MAX_BODY_BYTES, Settings
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         lifespan=[loaded_models],
         plugins=[ClosedRequestSchemaPlugin()],
-        middleware=[prometheus.middleware],
+        middleware=[
+            prometheus.middleware,
+            *(m for m in (api_key_middleware(settings), rate_limit_middleware(settings)) if m),
+        ],
+        cors_config=cors_config(settings),
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=StrictJSONRequest,
         request_max_body_size=MAX_BODY_BYTES,

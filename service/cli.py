@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import uvicorn
@@ -55,11 +56,16 @@ def run_serve(args: argparse.Namespace) -> int:
         return models_cli.fail(str(err))
     # When startup fails (no checkpoint loads, the port is taken) uvicorn logs why and exits
     # with status 3.
+    # SIGTERM: uvicorn stops accepting, lets in-flight requests (streams included) finish for
+    # up to TINYGPT_SHUTDOWN_GRACE seconds, then runs the app's shutdown (stopping engines).
+    # It re-raises the signal afterwards; this handler takes it so that the exit status is 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.shutdown_grace,
     )
     return 0
 

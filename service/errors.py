@@ -25,6 +25,7 @@ from litestar.status_codes import (
 from litestar.types import ExceptionHandlersMap
 
 from service.exceptions import (
+    GenerationTimeoutError,
     InvalidRequestError,
     NotReadyError,
     OverloadedError,
@@ -38,11 +39,15 @@ log = logging.getLogger(__name__)
 
 ERROR_TYPES = {
     400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "request_too_large",
+    429: "rate_limited",
     500: "internal_error",
     503: "not_ready",
+    504: "timeout",
 }
 
 SERVICE_ERROR_STATUS: dict[type[ServiceError], int] = {
@@ -50,6 +55,7 @@ SERVICE_ERROR_STATUS: dict[type[ServiceError], int] = {
     UnknownModelError: HTTP_404_NOT_FOUND,
     NotReadyError: HTTP_503_SERVICE_UNAVAILABLE,
     OverloadedError: HTTP_503_SERVICE_UNAVAILABLE,
+    GenerationTimeoutError: 504,
 }
 
 

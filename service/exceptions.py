@@ -30,5 +30,9 @@ class OverloadedError(ServiceError):
     retry_after_seconds = 1
 
 
+class GenerationTimeoutError(ServiceError):
+    """The request timeout passed before the generation produced any token."""
+
+
 class NoModelsLoadedError(RuntimeError):
     """Startup found no checkpoint it could load: the service refuses to start."""

@@ -35,6 +35,7 @@ from service.engine import (
     QueueFullError,
     Stream,
 )
+from service.deadline import Deadline
 from service.engine_metrics import EngineMetrics
 from service.exceptions import (
     InvalidRequestError,
@@ -338,9 +339,10 @@ class ModelRegistry:
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         """Continue `request.prompt`; the text is cut before the first stop string."""
         generation = self.start_generation(request)
+        deadline = Deadline(generation.stream, self.settings.request_timeout)
         async with generation.stream:  # leaving early (client gone) cancels the generation
-            completion = await generation.stream.collect()
-        return generation.response(completion)
+            completion = await deadline.collect()
+        return deadline.check_produced(deadline.finish(generation.response(completion)))
 
     def start_generation(self, request: GenerateRequest, top_logprobs: int = 0) -> Generation:
         """Check `request` and hand it to the model's engine; a bad request fails here, before

@@ -39,6 +39,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # torch.compile the GPT decode step (needs a C++ compiler on CPU; slower start-up).
     compile_decode: bool = False
     log_level: LogLevel = "info"
+    # Access and limits (see service/security.py). API keys: comma-separated, and/or a file
+    # with one key a line; when any is set, /v1/* needs `Authorization: Bearer <key>`.
+    api_keys: str = ""
+    api_key_file: str | None = None
+    # Also require an API key for /docs (the OpenAPI page and document).
+    protect_docs: bool = False
+    # Keys for /admin/* (comma-separated); none configured turns the admin routes off (403).
+    admin_keys: str = ""
+    # Requests per client (API key, else address) per window, e.g. "120/minute"; empty: off.
+    rate_limit: Annotated[
+        str, msgspec.Meta(pattern=r"^$|^[1-9][0-9]*/(second|minute|hour|day)$")
+    ] = ""
+    # Seconds a generation may run before it ends with finish_reason "timeout" (or a 504).
+    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    # Origins allowed by CORS (comma-separated); empty: CORS off.
+    cors_origins: str = ""
+    # Seconds SIGTERM waits for in-flight requests (streams included) before closing them.
+    shutdown_grace: Annotated[int, msgspec.Meta(ge=0)] = 30
 
     @classmethod
     def from_env(

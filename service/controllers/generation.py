@@ -14,6 +14,7 @@ from litestar.response.base import ASGIResponse
 from litestar.status_codes import HTTP_200_OK
 
 from service.controllers import MODEL_ERRORS
+from service.deadline import Deadline
 from service.metrics import GENERATED_TOKENS, PROMPT_TOKENS
 from service.openapi import JSONOrEventStreamOperation
 from service.registry import Generation, ModelRegistry
@@ -48,14 +49,17 @@ def sse(event: str, data: msgspec.Struct) -> ServerSentEventMessage:
     return ServerSentEventMessage(event=event, data=msgspec.json.encode(data).decode(), sep="\n")
 
 
-async def generation_events(generation: Generation) -> AsyncIterator[ServerSentEventMessage]:
+async def generation_events(
+    generation: Generation, timeout: float
+) -> AsyncIterator[ServerSentEventMessage]:
     """A `token` event per token, then `done` with the whole response. When the client
     disconnects, Litestar cancels this generator, and leaving `async with` cancels the
     generation in the engine within one decode step."""
     stream = generation.stream
+    deadline = Deadline(stream, timeout)
     async with stream:
         index = 0
-        async for first in stream:
+        async for first in deadline.tokens():
             # A reader that fell behind sends what has piled up in one write, not one each.
             tokens = [first, *stream.ready_tokens()]
             events = [
@@ -65,7 +69,7 @@ async def generation_events(generation: Generation) -> AsyncIterator[ServerSentE
             yield events[0] if len(events) == 1 else EventBatch(events)
             index += len(tokens)
         assert stream.completion is not None
-        result = generation.response(stream.completion)
+        result = deadline.finish(generation.response(stream.completion))
     count_tokens(result)
     yield sse("done", result)
 
@@ -87,7 +91,9 @@ class GenerationController(Controller):
         """Continue a prompt by sampling from a model; the same seed gives the same text."""
         if data.stream:
             # Checked and queued before the response starts: bad input still gets a 4xx.
-            return EventStream(generation_events(registry.start_generation(data)))
+            return EventStream(
+                generation_events(registry.start_generation(data), registry.settings.request_timeout)
+            )
         result = await registry.generate(data)
         count_tokens(result)
         return result

@@ -1,0 +1,196 @@
+"""Access and limits: API keys on `/v1/*`, admin keys, per-client rate limiting, CORS.
+
+Keys are compared in constant time (`hmac.compare_digest`) against every configured key and
+are never logged; a failed check logs only the path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from litestar import Request
+from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions.http_exceptions import TooManyRequestsException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware, get_remote_address
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from service.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = ("/health", "/ready", "/metrics")
+BEARER_CHALLENGE = {"www-authenticate": "Bearer"}
+
+
+def split_keys(text: str) -> list[str]:
+    return [key.strip() for key in text.split(",") if key.strip()]
+
+
+def api_keys(settings: Settings) -> list[str]:
+    """`TINYGPT_API_KEYS` plus the lines of `TINYGPT_API_KEY_FILE` (blank and # lines skipped)."""
+    keys = split_keys(settings.api_keys)
+    if settings.api_key_file:
+        path = Path(settings.api_key_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise SettingsError(
+                f"invalid setting api_key_file={settings.api_key_file!r} "
+                f"(TINYGPT_API_KEY_FILE): cannot read it: {err.strerror or err}"
+            ) from None
+        keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return keys
+
+
+def bearer_token(headers: Any) -> str | None:
+    value = headers.get("authorization") or ""
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def key_matches(token: str | None, keys: Iterable[str]) -> bool:
+    """Constant time in the token: every key is compared, no early exit."""
+    if token is None:
+        return False
+    given = token.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given, key.encode())
+    return found
+
+
+def needs_api_key(path: str, protect_docs: bool) -> bool:
+    if path == "/v1" or path.startswith("/v1/"):
+        return True
+    return protect_docs and (path == "/docs" or path.startswith("/docs/"))
+
+
+class ApiKeyMiddleware:
+    """401 (`WWW-Authenticate: Bearer`) for `/v1/*` (and `/docs` when protected) without a
+    valid `Authorization: Bearer <key>`. Installed only when keys are configured."""
+
+    def __init__(self, app: ASGIApp, keys: list[str], protect_docs: bool) -> None:
+        self.app = app
+        self.keys = keys
+        self.protect_docs = protect_docs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # CORS preflights carry no credentials; the CORS middleware answers them.
+        if (
+            scope["type"] == "http"
+            and scope["method"] != "OPTIONS"
+            and needs_api_key(scope["path"], self.protect_docs)
+        ):
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
+            token = bearer_token(headers)
+            if not key_matches(token, self.keys):
+                log.warning(
+                    "refused %s %s: %s API key",
+                    scope["method"],
+                    scope["path"],
+                    "no" if token is None else "an unknown",
+                )
+                raise NotAuthorizedException(
+                    detail="this endpoint needs an API key: send `Authorization: Bearer <key>` "
+                    "with one of the keys in TINYGPT_API_KEYS or TINYGPT_API_KEY_FILE",
+                    headers=dict(BEARER_CHALLENGE),
+                )
+        await self.app(scope, receive, send)
+
+
+def api_key_middleware(settings: Settings) -> DefineMiddleware | None:
+    keys = api_keys(settings)
+    if not keys:
+        return None
+    return DefineMiddleware(ApiKeyMiddleware, keys=keys, protect_docs=settings.protect_docs)
+
+
+def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Admin routes: 403 while no admin key is configured, 401 without a valid one."""
+    settings: Settings = connection.app.state.settings
+    keys = split_keys(settings.admin_keys)
+    if not keys:
+        raise PermissionDeniedException(
+            detail="admin endpoints are off: set TINYGPT_ADMIN_KEYS (comma-separated) and send "
+            "`Authorization: Bearer <admin key>`"
+        )
+    if not key_matches(bearer_token(connection.headers), keys):
+        log.warning("refused %s: no valid admin key", connection.url.path)
+        raise NotAuthorizedException(
+            detail="this endpoint needs an admin key: send `Authorization: Bearer <key>` with "
+            "one of the keys in TINYGPT_ADMIN_KEYS",
+            headers=dict(BEARER_CHALLENGE),
+        )
+
+
+# -- rate limiting ------------------------------------------------------------------------
+
+
+def client_identifier(request: Request) -> str:
+    """The API key (hashed, so it is not kept as is) when one is sent, else the address."""
+    token = bearer_token(request.headers)
+    if token is not None:
+        import hashlib
+
+        return "key:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    return "addr:" + get_remote_address(request)
+
+
+class RetryAfterRateLimitMiddleware(RateLimitMiddleware):
+    """Litestar's rate limiter, whose 429 also says `Retry-After` (seconds to the reset)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except TooManyRequestsException as exc:
+            if exc.headers is None or "retry-after" in {k.lower() for k in exc.headers}:
+                raise
+            headers = dict(exc.headers)
+            reset = headers.get(self.config.rate_limit_reset_header_key, "1")
+            retry = max(1, int(reset)) if str(reset).lstrip("-").isdigit() else 1
+            raise TooManyRequestsException(
+                detail=f"rate limit of {self.max_requests} requests per {self.unit} exceeded "
+                f"for this client (TINYGPT_RATE_LIMIT); retry after {retry} s",
+                headers={**headers, "retry-after": str(retry)},
+            ) from None
+
+
+def parse_rate_limit(text: str) -> tuple[Any, int]:
+    count, _, unit = text.partition("/")
+    return unit, int(count)
+
+
+def rate_limit_middleware(settings: Settings) -> DefineMiddleware | None:
+    if not settings.rate_limit:
+        return None
+    config = RateLimitConfig(
+        rate_limit=parse_rate_limit(settings.rate_limit),
+        exclude=[r"^/health$", r"^/ready$", r"^/metrics$"],
+        identifier_for_request=client_identifier,
+        middleware_class=RetryAfterRateLimitMiddleware,
+    )
+    return config.middleware
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    origins = split_keys(settings.cors_origins)
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["authorization", "content-type"],
+        expose_headers=["retry-after"],
+    )

@@ -1,0 +1,71 @@
+"""Rate limiting per client, CORS, and the per-request timeout."""
+
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.settings import Settings, SettingsError
+from tests.service.test_app import assert_error
+from tests.service.tiny_models import GPT_ID
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_rate_limit_per_client_with_retry_after(settings: Settings):
+    app = create_app(msgspec.structs.replace(settings, rate_limit="3/minute", api_keys="k1,k2"))
+    async with AsyncTestClient(app=app) as client:
+        one = {"authorization": "Bearer k1"}
+        for _ in range(3):
+            assert (await client.get("/v1/models", headers=one)).status_code == 200
+        response = await client.get("/v1/models", headers=one)
+        message = assert_error(response, 429, "rate_limited")
+        assert "TINYGPT_RATE_LIMIT" in message
+        assert 1 <= int(response.headers["retry-after"]) <= 60
+        # another key is another client; the open routes are not limited
+        assert (await client.get("/v1/models", headers={"authorization": "Bearer k2"})).is_success
+        for _ in range(5):
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.get("/ready")).status_code == 200
+
+
+def test_bad_rate_limit_is_refused():
+    with pytest.raises(SettingsError, match="TINYGPT_RATE_LIMIT"):
+        Settings.from_env(environ={"TINYGPT_RATE_LIMIT": "lots"})
+
+
+async def test_cors_off_by_default_and_on_for_listed_origins(settings: Settings):
+    origin = {"origin": "https://example.org"}
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        response = await client.get("/v1/models", headers=origin)
+        assert "access-control-allow-origin" not in response.headers
+    app = create_app(msgspec.structs.replace(settings, cors_origins="https://example.org"))
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get("/v1/models", headers=origin)
+        assert response.headers["access-control-allow-origin"] == "https://example.org"
+        response = await client.get("/v1/models", headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in response.headers
+
+
+async def test_timeout_answers_what_was_produced_or_504(settings: Settings):
+    app = create_app(msgspec.structs.replace(settings, request_timeout=1e-6))
+    request = {"model": GPT_ID, "prompt": "a", "max_new_tokens": 1000}
+    async with AsyncTestClient(app=app) as client:
+        response = await client.post("/v1/generate", json=request)
+        if response.status_code == 504:
+            assert "TINYGPT_REQUEST_TIMEOUT" in assert_error(response, 504, "timeout")
+        else:
+            body = response.json()
+            assert body["finish_reason"] == "timeout" and len(body["token_ids"]) < 1000
+        response = await client.post("/v1/generate", json=request | {"stream": True})
+        assert response.status_code == 200
+        done = response.text.split("event: done")[1]
+        assert '"finish_reason":"timeout"' in done
+
+
+async def test_generous_timeout_changes_nothing(settings: Settings):
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        response = await client.post(
+            "/v1/generate", json={"model": GPT_ID, "prompt": "a", "max_new_tokens": 5}
+        )
+        assert response.json()["finish_reason"] in ("length", "stop")
