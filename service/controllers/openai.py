@@ -23,6 +23,7 @@ from litestar.response import ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
 
 from service.controllers.generation import EventStream
+from service.engine import TokenEvent
 from service.errors import http_error_handler, service_error_handler, unexpected_error_handler
 from service.exceptions import InvalidRequestError, ServiceError
 from service.metrics import GENERATED_TOKENS, PROMPT_TOKENS
@@ -59,14 +60,14 @@ def openai_error_handler(request: Request, exc: Exception) -> Response[OpenAIErr
         native = http_error_handler(request, exc)
     else:
         native = unexpected_error_handler(request, exc)
-    status = native.status_code
+    status: int = native.status_code or 500
     detail = native.content.error if isinstance(native.content, ErrorResponse) else None
     message = detail.message if detail else "error"
     if status == 404 and not (detail and detail.param == "model"):
         code: str | None = "not_found"
     else:
-        code = OPENAI_ERROR_CODES.get(status, detail.type if detail else None)
-    error_type = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else None)
+        code = OPENAI_ERROR_CODES.get(status) or (detail.type if detail else None)
+    error_type = OPENAI_ERROR_TYPES.get(status) or ("server_error" if status >= 500 else None)
     body = OpenAIErrorResponse(
         error=OpenAIErrorDetail(
             message=message,
@@ -194,7 +195,7 @@ class CompletionJob:
             choice.generation.stream.cancel()
 
     def logprobs_of(
-        self, choice: Choice, scores: Sequence[PromptTokenScore], events: Sequence
+        self, choice: Choice, scores: Sequence[PromptTokenScore], events: Sequence[TokenEvent]
     ) -> CompletionLogprobs:
         """Logprobs for prompt `scores` (echo) and then generated token `events`, with text
         offsets continuing from `choice.offset`, which this advances."""
@@ -327,9 +328,9 @@ def sse_data(data: str) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=data, sep="\n")
 
 
-async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, object]]:
+async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, TokenEvent | None]]:
     """(choice, token event) as each choice's stream delivers; (choice, None) when it ends."""
-    pending: dict[asyncio.Future, Choice] = {}
+    pending: dict[asyncio.Future[TokenEvent | None], Choice] = {}
 
     def ask(choice: Choice) -> None:
         pending[asyncio.ensure_future(anext_or_none(choice))] = choice
@@ -350,7 +351,7 @@ async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, object]]:
             future.cancel()
 
 
-async def anext_or_none(choice: Choice) -> object:
+async def anext_or_none(choice: Choice) -> TokenEvent | None:
     try:
         return await anext(choice.generation.stream)
     except StopAsyncIteration:
