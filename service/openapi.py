@@ -89,9 +89,17 @@ class JSONOrEventStreamOperation(Operation):
         alternatives = [s for s in json_body.schema.one_of or [] if isinstance(s, Reference)]
         if alternatives:
             json_body.schema = alternatives[0]
+        # OpenAPI describes an event stream one event at a time: `data` holds the JSON text.
         content["text/event-stream"] = OpenAPIMediaType(
             schema=Schema(
-                type=OpenAPIType.STRING,
-                description="`event: token` per token, then `event: done` with the response",
+                type=OpenAPIType.OBJECT,
+                description="one Server-Sent Event",
+                required=["data"],
+                properties={
+                    "event": Schema(type=OpenAPIType.STRING),
+                    "data": Schema(type=OpenAPIType.STRING),
+                    "id": Schema(type=OpenAPIType.STRING),
+                    "retry": Schema(type=OpenAPIType.INTEGER),
+                },
             )
         )
