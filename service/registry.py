@@ -263,6 +263,8 @@ class ModelRegistry:
 
     def load_all(self) -> dict[str, LoadedModel]:
         device = resolve_device(self.settings.device)
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         log.info(
             "loading checkpoints from %s onto %s (device=%s)",
             self.settings.checkpoints,

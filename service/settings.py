@@ -38,6 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_waiting: Annotated[int, msgspec.Meta(ge=0)] = 256
     # torch.compile the GPT decode step (needs a C++ compiler on CPU; slower start-up).
     compile_decode: bool = False
+    # Threads torch uses for model work; unset leaves torch's default (one per core). On a
+    # small CPU one thread leaves a core to the HTTP side and is faster overall.
+    torch_threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
     log_level: LogLevel = "info"
     # Access and limits (see service/security.py). API keys: comma-separated, and/or a file
     # with one key a line; when any is set, /v1/* needs `Authorization: Bearer <key>`.
