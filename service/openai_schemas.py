@@ -112,7 +112,10 @@ class CompletionChoice(msgspec.Struct, kw_only=True):
     finish_reason: (
         Annotated[
             str,
-            Meta(description="length, stop, or cancelled (the server was shutting down)"),
+            Meta(
+                description="length, stop, timeout (TINYGPT_REQUEST_TIMEOUT), or cancelled "
+                "(the server was shutting down)"
+            ),
         ]
         | None
     )

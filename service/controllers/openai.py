@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+import anyio
 import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
@@ -25,7 +26,7 @@ from litestar.status_codes import HTTP_200_OK
 from service.controllers.generation import EventStream
 from service.engine import TokenEvent
 from service.errors import http_error_handler, service_error_handler, unexpected_error_handler
-from service.exceptions import InvalidRequestError, ServiceError
+from service.exceptions import GenerationTimeoutError, InvalidRequestError, ServiceError
 from service.metrics import GENERATED_TOKENS, PROMPT_TOKENS
 from service.openai_schemas import (
     MAX_STOP_STRINGS,
@@ -141,6 +142,10 @@ class CompletionJob:
         self.choices: list[Choice] = []
         self.model = registry.get(data.model).id
         self.scores: list[Sequence[PromptTokenScore]] = [() for _ in self.prompts]
+        # TINYGPT_REQUEST_TIMEOUT: at the deadline every choice is cancelled in its engine and
+        # what was produced is answered with finish_reason "timeout".
+        self.timeout = registry.settings.request_timeout
+        self.timed_out = False
 
     def native_request(self, prompt: str, index: int) -> GenerateRequest:
         data = self.data
@@ -241,13 +246,26 @@ class CompletionJob:
             usage=usage,
         )
 
+    def finish_reason(self, reason: str) -> str:
+        return "timeout" if self.timed_out and reason == "cancelled" else reason
+
     async def whole(self) -> Completion:
+        streams = [choice.generation.stream for choice in self.choices]
         try:
-            completions = await asyncio.gather(
-                *(choice.generation.stream.collect() for choice in self.choices)
-            )
+            with anyio.move_on_after(self.timeout) as scope:
+                await asyncio.gather(*(stream.collect() for stream in streams))
+            if scope.cancelled_caught:
+                self.timed_out = True
+                self.cancel()
+            # Each stream ends within a decode step of its cancel; its Completion has every token.
+            completions = [await stream.collect() for stream in streams]
         finally:
             self.cancel()  # a no-op for finished streams; frees the rest if we were cancelled
+        if self.timed_out and not any(c.tokens for c in completions):
+            raise GenerationTimeoutError(
+                f"no token was generated within the {self.timeout:g} s request timeout "
+                "(TINYGPT_REQUEST_TIMEOUT); retry, or ask a less busy server"
+            )
         choices = []
         total = 0
         for choice, completion in zip(self.choices, completions, strict=True):
@@ -262,10 +280,14 @@ class CompletionJob:
                     text=choice.echo_text + completion.text,
                     index=choice.index,
                     logprobs=logprobs,
-                    finish_reason=completion.finish_reason,
+                    finish_reason=self.finish_reason(completion.finish_reason),
                 )
             )
         return self.envelope(choices, self.usage(total))
+
+    def on_deadline(self) -> None:
+        self.timed_out = True
+        self.cancel()
 
     def chunk(self, choice: CompletionChoice) -> ServerSentEventMessage:
         return sse_data(msgspec.json.encode(self.envelope([choice], None)).decode())
@@ -289,7 +311,7 @@ class CompletionJob:
                         )
                     )
             total = 0
-            async for choice, event in merged(self.choices):
+            async for choice, event in merged(self.choices, self.on_deadline, self.timeout):
                 if event is None:  # this choice's stream has ended
                     completion = choice.generation.stream.completion
                     assert completion is not None
@@ -304,7 +326,7 @@ class CompletionJob:
                             text="",
                             index=choice.index,
                             logprobs=empty if self.logprobs is not None else None,
-                            finish_reason=completion.finish_reason,
+                            finish_reason=self.finish_reason(completion.finish_reason),
                         )
                     )
                     continue
@@ -328,8 +350,13 @@ def sse_data(data: str) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=data, sep="\n")
 
 
-async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, TokenEvent | None]]:
-    """(choice, token event) as each choice's stream delivers; (choice, None) when it ends."""
+async def merged(
+    choices: list[Choice], on_deadline: Callable[[], None], timeout: float
+) -> AsyncIterator[tuple[Choice, TokenEvent | None]]:
+    """(choice, token event) as each choice's stream delivers; (choice, None) when it ends.
+    `on_deadline` is called once if `timeout` seconds pass first (it should cancel them all)."""
+    end = time.monotonic() + timeout
+    deadline_passed = False
     pending: dict[asyncio.Future[TokenEvent | None], Choice] = {}
 
     def ask(choice: Choice) -> None:
@@ -339,7 +366,13 @@ async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, TokenEven
         ask(choice)
     try:
         while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            remaining = None if deadline_passed else max(0.0, end - time.monotonic())
+            done, _ = await asyncio.wait(
+                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                deadline_passed = True
+                on_deadline()
             for future in sorted(done, key=lambda f: pending[f].index):
                 choice = pending.pop(future)
                 event = future.result()
