@@ -18,6 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig
 
+from service.controllers.admin import AdminController
 from service.controllers.generation import GenerationController
 from service.controllers.health import HealthController
 from service.controllers.inspection import InspectionController
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             playground_page,
             playground_static_files,
             MetricsController,
+            AdminController,
         ],
         state=State({"settings": settings, "registry": ModelRegistry(settings)}),
         dependencies={

@@ -110,3 +110,30 @@ def test_sigterm_lets_an_inflight_stream_finish_then_exits_0(served):
     assert done["finish_reason"] in ("length", "stop"), done
     assert len(done["token_ids"]) == sum(1 for name, _ in events if name == "token")
     assert process.wait(30) == 0, server.log()
+
+
+def test_reload_refuses_a_tampered_checkpoint_without_dropping_a_stream(served):
+    _, server = served
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    assert httpx.post(f"{server.url}/admin/reload", headers=AUTH).status_code == 401
+    events: list[tuple[str, dict]] = []
+    first = threading.Event()
+    reader = threading.Thread(target=read_stream, args=(server.url, events, first))
+    reader.start()
+    assert first.wait(30), server.log()
+    weights = server.checkpoints / SHIPPED_GPT / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    response = httpx.post(f"{server.url}/admin/reload", headers=admin, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["reloaded"] == [] and [r["model"] for r in body["refused"]] == [SHIPPED_GPT]
+    reader.join(60)
+    assert events[-1][0] == "done" and events[-1][1]["finish_reason"] in ("length", "stop")
+    response = httpx.post(
+        f"{server.url}/v1/generate",
+        json={"model": SHIPPED_GPT, "prompt": "a", "max_new_tokens": 5},
+        headers=AUTH,
+    )
+    assert response.status_code == 200

@@ -1,0 +1,24 @@
+"""Admin routes, behind an admin key (TINYGPT_ADMIN_KEYS)."""
+
+from __future__ import annotations
+
+from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.status_codes import HTTP_200_OK
+
+from service.registry import ModelRegistry
+from service.reload import ReloadResponse, reload_models
+from service.security import admin_guard
+
+
+class AdminController(Controller):
+    path = "/admin"
+    tags = ["admin"]
+    guards = [admin_guard]
+
+    @post("/reload", operation_id="reload", status_code=HTTP_200_OK)
+    async def reload(self, registry: NamedDependency[ModelRegistry]) -> ReloadResponse:
+        """Load every checkpoint folder anew and swap in those that verify, without dropping
+        requests in flight; a checkpoint that fails verification is refused (named, with its
+        reason) and its old version keeps serving. Needs `Authorization: Bearer <admin key>`."""
+        return await reload_models(registry)
