@@ -66,7 +66,8 @@ class EngineError(RuntimeError):
 
 
 class Tokenizer(Protocol):
-    vocab_size: int
+    @property
+    def vocab_size(self) -> int: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -235,6 +236,8 @@ class RequestState:
 
 # Events of one step, handed to the event loops together at its end.
 Outbox = list[tuple[RequestState, TokenEvent | Completion | BaseException]]
+# An outbox's items for one event loop, by stream.
+Deliveries = list[tuple[Stream, TokenEvent | Completion | BaseException]]
 
 
 class Engine:
@@ -445,8 +448,9 @@ class Engine:
         state.last_token_at = now
         state.token_ids.append(token_id)
         delta = state.decoder.push(token_id)
-        alternatives = ()
+        alternatives: tuple[TopLogprob, ...] = ()
         if request.top_logprobs:
+            assert tops is not None  # computed whenever a request in the batch asks for them
             k = request.top_logprobs
             top_ids, top_logprobs = tops[0][row][:k], tops[1][row][:k]
             alternatives = tuple(
@@ -538,7 +542,7 @@ class Engine:
 
     def deliver(self, outbox: Outbox) -> None:
         """Hand this step's events to their event loops: one wake-up per loop per step."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, object]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, Deliveries] = {}
         for state, item in outbox:
             by_loop.setdefault(state.stream.loop, []).append((state.stream, item))
         for loop, items in by_loop.items():
@@ -550,6 +554,6 @@ class Engine:
                 self.cancel_signal.set()
 
 
-def put_all(items: list[tuple[Stream, object]]) -> None:
+def put_all(items: Deliveries) -> None:
     for stream, item in items:
         stream.queue.put_nowait(item)
