@@ -86,9 +86,10 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # CORS preflights carry no credentials; the CORS middleware answers them.
+        method = str(scope.get("method", "GET"))  # a websocket scope has none
         if (
-            scope["type"] == "http"
-            and scope["method"] != "OPTIONS"
+            scope["type"] in ("http", "websocket")
+            and method != "OPTIONS"
             and needs_api_key(scope["path"], self.protect_docs)
         ):
             headers = {
@@ -98,7 +99,7 @@ class ApiKeyMiddleware:
             if not key_matches(token, self.keys):
                 log.warning(
                     "refused %s %s: %s API key",
-                    scope["method"],
+                    method,
                     scope["path"],
                     "no" if token is None else "an unknown",
                 )
