@@ -13,22 +13,22 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from service.schemas import ModelId, StopString
+from service.schemas import ModelId, RequestBody, StopString
 
 MAX_STOP_STRINGS = 4
 MAX_LOGPROBS = 5
 
 
-class StreamOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class StreamOptions(RequestBody):
     include_usage: Annotated[
         bool, Meta(description="send a last chunk with `usage` (and no choices) before [DONE]")
     ] = False
 
 
-class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class CompletionRequest(RequestBody):
     model: ModelId
     prompt: Annotated[
-        str | list[str],
+        str | Annotated[list[str], Meta(min_length=1)],
         Meta(description="text to continue, or a list of texts (choices are prompt-major)"),
     ] = ""
     max_tokens: (
@@ -39,7 +39,7 @@ class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     n: Annotated[int, Meta(ge=1, le=16, description="choices per prompt")] | None = 1
     stop: (
         Annotated[
-            StopString | list[StopString],
+            StopString | Annotated[list[StopString], Meta(max_length=MAX_STOP_STRINGS)],
             Meta(description="up to 4 strings; generation ends before the first of them"),
         ]
         | None
@@ -85,17 +85,18 @@ class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         Meta(gt=0, le=10, description="divide the logits of tokens already present (1 = off)"),
     ] = 1.0
     # OpenAI's, accepted only at their neutral values.
+    # The schema says which values those are, so a client learns it before sending.
     frequency_penalty: (
-        Annotated[float, Meta(ge=-2, le=2, description="only 0 is supported")] | None
+        Annotated[float, Meta(ge=0, le=0, description="only 0; see repetition_penalty")] | None
     ) = None
     presence_penalty: (
-        Annotated[float, Meta(ge=-2, le=2, description="only 0 is supported")] | None
+        Annotated[float, Meta(ge=0, le=0, description="only 0; see repetition_penalty")] | None
     ) = None
-    best_of: Annotated[int, Meta(ge=1, description="only equal to `n` is supported")] | None = None
-    logit_bias: Annotated[dict[str, float], Meta(description="only empty is supported")] | None = (
+    best_of: Annotated[int, Meta(ge=1, le=1, description="only 1 (ignored)")] | None = None
+    logit_bias: Annotated[dict[str, float], Meta(max_length=0, description="only empty")] | None = (
         None
     )
-    suffix: Annotated[str, Meta(description="only empty is supported")] | None = None
+    suffix: Annotated[str, Meta(max_length=0, description="only empty")] | None = None
 
 
 class CompletionLogprobs(msgspec.Struct, kw_only=True):

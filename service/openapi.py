@@ -28,6 +28,8 @@ CONSTRAINTS = {
     "exclusiveMaximum": "exclusive_maximum",
     "minItems": "min_items",
     "maxItems": "max_items",
+    "minProperties": "min_properties",
+    "maxProperties": "max_properties",
 }
 
 
@@ -64,7 +66,7 @@ def add_constraints(target: Schema | Reference | None, source: dict[str, Any]) -
             setattr(target, attribute, source[keyword])
     if isinstance(source.get("items"), dict):
         add_constraints(target.items, source["items"])
-    alternatives = source.get("anyOf") or source.get("oneOf") or []
+    alternatives = union_alternatives(source)
     for option in target.one_of or target.any_of or []:
         option_type = getattr(option, "type", None)
         option_type = getattr(option_type, "value", option_type)
@@ -72,6 +74,15 @@ def add_constraints(target: Schema | Reference | None, source: dict[str, Any]) -
             if option_type is not None and alternative.get("type") == option_type:
                 add_constraints(option, alternative)
                 break
+
+
+def union_alternatives(source: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alternatives of a union schema, nested unions (an Optional around one) flattened."""
+    flat = []
+    for alternative in source.get("anyOf") or source.get("oneOf") or []:
+        nested = "anyOf" in alternative or "oneOf" in alternative
+        flat.extend(union_alternatives(alternative) if nested else [alternative])
+    return flat
 
 
 @dataclass

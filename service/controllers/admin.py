@@ -6,6 +6,7 @@ from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
 
+from service.controllers import error_responses
 from service.registry import ModelRegistry
 from service.reload import ReloadResponse, reload_models
 from service.security import admin_guard
@@ -16,7 +17,12 @@ class AdminController(Controller):
     tags = ["admin"]
     guards = [admin_guard]
 
-    @post("/reload", operation_id="reload", status_code=HTTP_200_OK)
+    @post(
+        "/reload",
+        operation_id="reload",
+        status_code=HTTP_200_OK,
+        responses=error_responses(401, 403),
+    )
     async def reload(self, registry: NamedDependency[ModelRegistry]) -> ReloadResponse:
         """Load every checkpoint folder anew and swap in those that verify, without dropping
         requests in flight; a checkpoint that fails verification is refused (named, with its

@@ -92,7 +92,9 @@ class GenerationController(Controller):
         if data.stream:
             # Checked and queued before the response starts: bad input still gets a 4xx.
             return EventStream(
-                generation_events(registry.start_generation(data), registry.settings.request_timeout)
+                generation_events(
+                    registry.start_generation(data), registry.settings.request_timeout
+                )
             )
         result = await registry.generate(data)
         count_tokens(result)

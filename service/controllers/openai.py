@@ -29,7 +29,6 @@ from service.errors import http_error_handler, service_error_handler, unexpected
 from service.exceptions import GenerationTimeoutError, InvalidRequestError, ServiceError
 from service.metrics import GENERATED_TOKENS, PROMPT_TOKENS
 from service.openai_schemas import (
-    MAX_STOP_STRINGS,
     Completion,
     CompletionChoice,
     CompletionLogprobs,
@@ -92,28 +91,6 @@ OPENAI_ERRORS = {
 }
 
 
-def refuse_unsupported(data: CompletionRequest) -> None:
-    """OpenAI fields that these models cannot honour: fine at their neutral values only."""
-    n = data.n or 1
-    problems = [
-        (data.frequency_penalty not in (None, 0), "frequency_penalty",
-         "`frequency_penalty` is not supported (only 0); use `repetition_penalty` instead"),
-        (data.presence_penalty not in (None, 0), "presence_penalty",
-         "`presence_penalty` is not supported (only 0); use `repetition_penalty` instead"),
-        (data.best_of not in (None, n), "best_of",
-         "`best_of` is not supported: leave it out or make it equal to `n`"),
-        (bool(data.logit_bias), "logit_bias", "`logit_bias` is not supported: leave it out"),
-        (bool(data.suffix), "suffix", "`suffix` (insertion) is not supported: leave it out"),
-        (isinstance(data.stop, list) and len(data.stop) > MAX_STOP_STRINGS, "stop",
-         f"`stop` may hold at most {MAX_STOP_STRINGS} strings"),
-        (isinstance(data.prompt, list) and not data.prompt, "prompt",
-         "`prompt` is an empty list; send a string or a list of strings"),
-    ]  # fmt: skip
-    for failed, param, message in problems:
-        if failed:
-            raise InvalidRequestError(message, param=param)
-
-
 @dataclass
 class Choice:
     """One choice being generated: its engine stream and what it has produced so far."""
@@ -131,7 +108,6 @@ class CompletionJob:
     """A checked completion request: its prompts, and a Choice per engine request."""
 
     def __init__(self, data: CompletionRequest, registry: ModelRegistry):
-        refuse_unsupported(data)
         self.data = data
         self.registry = registry
         self.prompts = [data.prompt] if isinstance(data.prompt, str) else data.prompt
