@@ -25,6 +25,7 @@ from models.device import resolve_device
 from models.sampling import SamplingParams
 from models.tokenizer import UnknownCharacterError
 from service import projections
+from service.deadline import Deadline
 from service.engine import (
     LOGPROB_FLOOR,
     Completion,
@@ -35,7 +36,6 @@ from service.engine import (
     QueueFullError,
     Stream,
 )
-from service.deadline import Deadline
 from service.engine_metrics import EngineMetrics
 from service.exceptions import (
     InvalidRequestError,
