@@ -78,7 +78,7 @@ def add_constraints(target: Schema | Reference | None, source: dict[str, Any]) -
 
 def union_alternatives(source: dict[str, Any]) -> list[dict[str, Any]]:
     """The alternatives of a union schema, nested unions (an Optional around one) flattened."""
-    flat = []
+    flat: list[dict[str, Any]] = []
     for alternative in source.get("anyOf") or source.get("oneOf") or []:
         nested = "anyOf" in alternative or "oneOf" in alternative
         flat.extend(union_alternatives(alternative) if nested else [alternative])
