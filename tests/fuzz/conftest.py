@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import (
-    REPO,
     Server,
     checkpoint_folder,  # noqa: F401  (the session fixture the server is built from)
     copy_with_a_broken_checkpoint,
-    free_port,
-    serve_command,
-    server_environment,
-    stop,
-    wait_until_ready,
+    running_server,
 )
 
 # Generated requests may ask for up to this many tokens; more would only make the run slower.
@@ -31,20 +25,12 @@ def fuzz_server(
 ) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("fuzz-server")
     checkpoints = copy_with_a_broken_checkpoint(checkpoint_folder, workdir / "checkpoints")
-    port = free_port()
-    server = Server(f"http://127.0.0.1:{port}", checkpoints, workdir / "server.log")
-    env = server_environment(
-        TINYGPT_CHECKPOINTS=str(checkpoints),
+    with running_server(
+        checkpoints,
+        workdir,
+        "--device",
+        "cpu",
         TINYGPT_MAX_NEW_TOKENS=str(FUZZ_MAX_NEW_TOKENS),
         TINYGPT_LOG_LEVEL="warning",
-    )
-    with server.log_path.open("w") as log:
-        process = subprocess.Popen(
-            serve_command(port, "--device", "cpu"), stdout=log, stderr=subprocess.STDOUT,
-            cwd=REPO, env=env,
-        )  # fmt: skip
-        try:
-            wait_until_ready(process, server)
-            yield server
-        finally:
-            stop(process)
+    ) as server:
+        yield server

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,24 +71,33 @@ def checkpoint_folder(tmp_path_factory: pytest.TempPathFactory, small_corpus: Pa
     return tiny_checkpoint_folder(tmp_path_factory, small_corpus)
 
 
-@pytest.fixture(scope="session")
-def server(checkpoint_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`tinygpt serve` with the port and device from options, the folder from the environment."""
-    workdir = tmp_path_factory.mktemp("server")
-    checkpoints = copy_with_a_broken_checkpoint(checkpoint_folder, workdir / "checkpoints")
+@contextmanager
+def running_server(
+    checkpoints: Path, workdir: Path, *options: str, **variables: str
+) -> Iterator[Server]:
+    """`tinygpt serve` of `checkpoints` (from the environment, with `variables`) on a free
+    port, with command-line `options`; stopped on the way out, whatever happened."""
     port = free_port()
     server = Server(f"http://127.0.0.1:{port}", checkpoints, workdir / "server.log")
-    env = server_environment(TINYGPT_CHECKPOINTS=str(checkpoints))
+    env = server_environment(TINYGPT_CHECKPOINTS=str(checkpoints), **variables)
     with server.log_path.open("w") as log:
         process = subprocess.Popen(
-            serve_command(port, "--device", "cpu"), stdout=log, stderr=subprocess.STDOUT,
-            cwd=REPO, env=env,
-        )  # fmt: skip
+            serve_command(port, *options), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
         try:
             wait_until_ready(process, server)
             yield server
         finally:
             stop(process)
+
+
+@pytest.fixture(scope="session")
+def server(checkpoint_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`tinygpt serve` with the port and device from options, the folder from the environment."""
+    workdir = tmp_path_factory.mktemp("server")
+    checkpoints = copy_with_a_broken_checkpoint(checkpoint_folder, workdir / "checkpoints")
+    with running_server(checkpoints, workdir, "--device", "cpu") as server:
+        yield server
 
 
 def wait_until_ready(process: subprocess.Popen, server: Server) -> None:
@@ -116,15 +126,5 @@ def shipped_gpt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     disconnect lands mid-generation (the tiny test GPT finishes before a client can leave)."""
     workdir = tmp_path_factory.mktemp("shipped")
     shutil.copytree(REPO / "checkpoints" / SHIPPED_GPT, workdir / "checkpoints" / SHIPPED_GPT)
-    port = free_port()
-    server = Server(f"http://127.0.0.1:{port}", workdir / "checkpoints", workdir / "server.log")
-    env = server_environment(TINYGPT_CHECKPOINTS=str(server.checkpoints), TINYGPT_DEVICE="cpu")
-    with server.log_path.open("w") as log:
-        process = subprocess.Popen(
-            serve_command(port), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
-        )
-        try:
-            wait_until_ready(process, server)
-            yield server
-        finally:
-            stop(process)
+    with running_server(workdir / "checkpoints", workdir, TINYGPT_DEVICE="cpu") as server:
+        yield server
