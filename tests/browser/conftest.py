@@ -8,7 +8,6 @@ hosts it asked for; a test fails at teardown if any of those went wrong.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,7 @@ import pytest
 from tests.integration.conftest import (
     REPO,
     Server,
-    free_port,
-    serve_command,
-    server_environment,
-    stop,
-    wait_until_ready,
+    running_server,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -67,22 +62,8 @@ def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         if not source.is_dir():
             pytest.skip(f"the shipped checkpoint {source} is missing")
         (checkpoints / name).symlink_to(source, target_is_directory=True)
-    port = free_port()
-    server = Server(f"http://127.0.0.1:{port}", checkpoints, workdir / "server.log")
-    env = server_environment(TINYGPT_CHECKPOINTS=str(checkpoints))
-    with server.log_path.open("w") as log:
-        process = subprocess.Popen(
-            serve_command(port, "--device", "cpu"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=env,
-        )
-        try:
-            wait_until_ready(process, server)
-            yield server
-        finally:
-            stop(process)
+    with running_server(checkpoints, workdir, "--device", "cpu") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
