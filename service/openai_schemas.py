@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from service.schemas import ModelId, RequestBody, StopString
+from service.schemas import MinP, ModelId, RepetitionPenalty, RequestBody, StopString
 
 MAX_STOP_STRINGS = 4
 MAX_LOGPROBS = 5
@@ -77,13 +77,8 @@ class CompletionRequest(RequestBody):
     user: str | None = None
     # This server's extras, as in POST /v1/generate.
     top_k: Annotated[int, Meta(ge=1)] | None = None
-    min_p: Annotated[
-        float, Meta(ge=0, le=1, description="drop tokens less likely than min_p x the top one")
-    ] = 0.0
-    repetition_penalty: Annotated[
-        float,
-        Meta(gt=0, le=10, description="divide the logits of tokens already present (1 = off)"),
-    ] = 1.0
+    min_p: MinP = 0.0
+    repetition_penalty: RepetitionPenalty = 1.0
     # OpenAI's, accepted only at their neutral values.
     # The schema says which values those are, so a client learns it before sending.
     frequency_penalty: (

@@ -31,6 +31,12 @@ ModelId = Annotated[
 ]
 StopString = Annotated[str, Meta(min_length=1)]
 Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+MinP = Annotated[
+    float, Meta(ge=0, le=1, description="drop tokens less likely than min_p x the top one")
+]
+RepetitionPenalty = Annotated[
+    float, Meta(gt=0, le=10, description="divide the logits of tokens already present (1 = off)")
+]
 
 
 # -- health -------------------------------------------------------------------------------
@@ -91,13 +97,8 @@ class GenerateRequest(RequestBody):
     temperature: Annotated[float, Meta(ge=0, description="0 means greedy")] = 1.0
     top_k: Annotated[int, Meta(ge=1)] | None = None
     top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
-    min_p: Annotated[
-        float, Meta(ge=0, le=1, description="drop tokens less likely than min_p x the top one")
-    ] = 0.0
-    repetition_penalty: Annotated[
-        float,
-        Meta(gt=0, le=10, description="divide the logits of tokens already present (1 = off)"),
-    ] = 1.0
+    min_p: MinP = 0.0
+    repetition_penalty: RepetitionPenalty = 1.0
     seed: Annotated[
         Seed | None, Meta(description="same seed and parameters, same text; none = random")
     ] = None
