@@ -91,8 +91,11 @@ def build_model(kind: str, config: dict[str, Any]) -> Model:
     raise ValueError(f"unknown model kind {kind!r}")
 
 
-def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    """Serialise tensors, storing a tensor shared under several names (tied weights) once."""
+def tensors_to_bytes(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> bytes:
+    """Serialise tensors, storing a tensor shared under several names (tied weights) once;
+    `metadata` goes into the file's header."""
     unique: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in tensors.items():
@@ -100,7 +103,14 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
         if key not in seen:
             seen.add(key)
             unique[name] = tensor.detach().cpu().contiguous()
-    return save_safetensors(unique)
+    return save_safetensors(unique, metadata=metadata)
+
+
+def header_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of safetensors bytes: an 8-byte little-endian header length, then
+    the JSON header."""
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + length]).get("__metadata__", {})
 
 
 def save_checkpoint(

@@ -34,6 +34,7 @@ from models.checkpoint import (
     Model,
     atomic_write_bytes,
     atomic_write_json,
+    header_metadata,
     load_checkpoint,
     load_weights,
     save_checkpoint,
@@ -70,7 +71,7 @@ from models.tokenizer import (
 LOG_FILE = "train_log.jsonl"
 REPORT_FILE = "report.json"
 STATE_FILE = "train_state.safetensors"
-STATE_META_FILE = "train_state.json"
+STATE_META_KEY = "train_state"  # the state file's header entry holding config and counters
 PROBE_BATCH = 8
 DEFAULT_BPE_VOCAB = 2048
 # The bigram's counts go into the manifest as JSON, V^2 numbers: fine for characters, but for a
@@ -386,21 +387,21 @@ class Trainer:
             tensors[rng_key("batches", slot)] = generator.get_state()
         if self.previous_distributions is not None:
             tensors["drift.previous"] = self.previous_distributions
-        atomic_write_bytes(self.out / STATE_FILE, tensors_to_bytes(tensors))
         meta = {
             "config": asdict(self.cfg),
             "state": asdict(self.state),
             "tokenizer": self.tokenizer.to_dict(),
         }
-        atomic_write_json(self.out / STATE_META_FILE, meta)
+        # One file for tensors and step counters alike: a kill can never pair one evaluation's
+        # weights with another's counters.
+        state = tensors_to_bytes(tensors, {STATE_META_KEY: json.dumps(meta)})
+        atomic_write_bytes(self.out / STATE_FILE, state)
 
     def read_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """The saved state; every rank reads it, so under torchrun on several machines --out
         must be on a filesystem they share."""
-        meta_path, state_path = self.out / STATE_META_FILE, self.out / STATE_FILE
-        if not meta_path.is_file() or not state_path.is_file():
-            raise TrainingError(f"nothing to resume in {self.out}: no {STATE_META_FILE}")
-        return json.loads(meta_path.read_text()), load_safetensors(state_path.read_bytes())
+        data = read_state_file(self.out)
+        return json.loads(header_metadata(data)[STATE_META_KEY]), load_safetensors(data)
 
     def load_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         model_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -629,12 +630,21 @@ def config_from_args(args: Any) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
+def read_state_file(out: str | Path) -> bytes:
+    try:
+        return (Path(out) / STATE_FILE).read_bytes()
+    except FileNotFoundError:
+        raise TrainingError(f"nothing to resume in {out}: no {STATE_FILE}") from None
+
+
+def saved_state_meta(out: str | Path) -> dict[str, Any]:
+    """The settings, counters and tokenizer saved with the last resume state in `out`."""
+    return json.loads(header_metadata(read_state_file(out))[STATE_META_KEY])
+
+
 def resumed_config(out: str, overrides: dict[str, Any]) -> TrainConfig:
     """A resumed run takes its settings from the saved state; only the device may change."""
-    meta_path = Path(out) / STATE_META_FILE
-    if not meta_path.is_file():
-        raise TrainingError(f"nothing to resume in {out}: no {STATE_META_FILE}")
-    saved = json.loads(meta_path.read_text())["config"]
+    saved = saved_state_meta(out)["config"]
     if overrides.get("device"):
         saved["device"] = overrides["device"]
     return TrainConfig(**saved)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import load_checkpoint
-from models.train import LOG_FILE, REPORT_FILE, STATE_META_FILE, TrainConfig, Trainer
+from models.train import LOG_FILE, REPORT_FILE, TrainConfig, Trainer, saved_state_meta
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_GPT = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8)
@@ -107,7 +107,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(small_corpus, tmp_pat
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    saved_step = json.loads((killed / STATE_META_FILE).read_text())["state"]["step"]
+    saved_step = saved_state_meta(killed)["state"]["step"]
     assert 0 < saved_step < 300, "the run must be killed part-way through"
 
     resumed = run_train(small_corpus, killed, "--resume")
