@@ -82,6 +82,9 @@ class GenerationRequest:
     seed: int | None = None  # None: fresh entropy
     stop: Sequence[str] = ()  # generation ends before the first of these; it is cut out
     top_logprobs: int = 0  # alternatives to report per token, 0..MAX_TOP_LOGPROBS
+    # False: the stream yields no TokenEvents, only ends with the Completion (which holds them
+    # all), so a reader that wants the whole result is not woken at every decode step
+    stream_tokens: bool = True
 
     def __post_init__(self) -> None:
         s = self.sampling
@@ -150,7 +153,8 @@ class EngineConfig:
 class Stream:
     """The tokens of one request, as an async iterator; made by `Engine.submit`.
 
-    Iterating yields TokenEvents and stops when the request ends; `completion` is then set.
+    Iterating yields TokenEvents (none if the request's `stream_tokens` is False) and stops
+    when the request ends; `completion` is then set.
     `cancel()` (or leaving `async with stream:` early) ends generation within one decode step
     and frees the request's slot; the stream still ends with a Completion, reason "cancelled".
     """
@@ -483,14 +487,16 @@ class Engine:
                     return
                 keep = upto - state.delivered_chars
                 if keep > 0:
-                    event = replace(event, text=event.text[:keep])
-                    state.delivered.append(event)
-                    outbox.append((state, event))
+                    self.deliver_event(state, replace(event, text=event.text[:keep]), outbox)
                 state.held.clear()
                 return
             state.held.pop(0)
             state.delivered_chars = end
-            state.delivered.append(event)
+            self.deliver_event(state, event, outbox)
+
+    def deliver_event(self, state: RequestState, event: TokenEvent, outbox: Outbox) -> None:
+        state.delivered.append(event)
+        if state.request.stream_tokens:
             outbox.append((state, event))
 
     def finish(self, state: RequestState, reason: FinishReason, outbox: Outbox) -> None:

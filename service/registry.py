@@ -375,6 +375,7 @@ class ModelRegistry:
             seed=request.seed,
             stop=tuple(stops),
             top_logprobs=top_logprobs,
+            stream_tokens=request.stream,
         )
         try:
             return Generation(model.id, model.engine.submit(engine_request), len(prompt_ids))

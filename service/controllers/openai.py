@@ -138,6 +138,7 @@ class CompletionJob:
                 repetition_penalty=data.repetition_penalty,
                 seed=None if data.seed is None else (data.seed + index) % 2**63,
                 stop=stop,
+                stream=bool(data.stream),
             )
         except (TypeError, ValueError) as err:  # msgspec structs do not check Meta here
             raise InvalidRequestError(str(err)) from None

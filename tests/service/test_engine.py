@@ -156,6 +156,16 @@ async def test_a_reader_that_fell_behind_takes_the_piled_up_tokens_at_once(engin
     assert stream.completion == whole
 
 
+async def test_a_request_without_token_events_gets_them_all_in_its_completion(engine: Engine):
+    unstopped = await engine.submit(request(seed=5)).collect()
+    stop = [unstopped.text[8:10]]  # a stop string this text runs into
+    streamed = await engine.submit(request(seed=5, stop=stop)).collect()
+    stream = engine.submit(request(seed=5, stop=stop, stream_tokens=False))
+    assert [t async for t in stream] == []
+    assert stream.completion == streamed
+    assert stream.completion.tokens and stream.completion.finish_reason == "stop"
+
+
 async def test_stop_string_ends_generation_and_is_cut_out(engine: Engine):
     free = await engine.submit(request("the cat", 40, sampling=GREEDY)).collect()
     stop = free.text[12:14]
