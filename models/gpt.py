@@ -125,17 +125,27 @@ class CausalSelfAttention(nn.Module):
         layer: int,
         positions: torch.Tensor,
         visible: torch.Tensor,
+        explicit_attention: bool = False,
     ) -> torch.Tensor:
         """One new token per sequence, x (B, C): sequence b lives in cache row b and its new
         token sits at positions[b]. `visible` (B, 1, 1, block_size) marks the cached positions
-        each row may attend to: its own prefix, up to and including the new token."""
+        each row may attend to: its own prefix, up to and including the new token.
+
+        `explicit_attention` spells the attention out instead of calling the fused SDPA
+        kernel: slower eagerly (more, smaller operations), faster under torch.compile, which
+        fuses the softmax and the two products into a few loops."""
         B, C = x.shape
         qkv = self.c_attn(x).view(B, 3, self.n_head, C // self.n_head)  # (B, 3, nh, hs)
         cache.store_step(layer, positions, qkv[:, 1:])  # first: the token attends to itself too
         keys, values = cache.kv[layer, :B].unbind(1)  # 2 x (B, nh, block_size, hs)
         q = qkv[:, 0, :, None, :]  # (B, nh, 1, hs)
         # Rows hold sequences of different lengths: the mask, not the shape, bounds each one.
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)  # (B, nh, 1, hs)
+        if explicit_attention:
+            scores = (q @ keys.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, 1, L)
+            weights = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+            y = weights @ values  # (B, nh, 1, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
         return self.resid_dropout(self.c_proj(y.view(B, C)))
 
 
@@ -179,8 +189,10 @@ class Block(nn.Module):
         layer: int,
         positions: torch.Tensor,
         visible: torch.Tensor,
+        explicit_attention: bool = False,
     ) -> torch.Tensor:
-        x = x + self.attn.decode(self.ln_1(x), cache, layer, positions, visible)
+        h = self.ln_1(x)
+        x = x + self.attn.decode(h, cache, layer, positions, visible, explicit_attention)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -288,16 +300,23 @@ class GPT(nn.Module):
         # Only the last position's logits are needed to choose the next token.
         return self.lm_head(self.transformer.ln_f(x[:, -1]))  # (B, V)
 
-    def decode(self, idx: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache,
+        positions: torch.Tensor,
+        explicit_attention: bool = False,
+    ) -> torch.Tensor:
         """Advance the sequences in cache rows 0..B-1 by one token each.
 
         idx (B,) long: each row's newest token; positions (B,) long: where it goes, i.e. how
         many tokens the row already holds, which must be below block_size (the caller
         re-prefills a shorter window first). Returns next-token logits (B, V).
+        `explicit_attention`: see CausalSelfAttention.decode (for torch.compile).
         """
         x = self.embed(idx, positions)  # (B, C): one token per row, no time axis
         slot_positions = torch.arange(self.config.block_size, device=idx.device)
         visible = (slot_positions <= positions[:, None])[:, None, None, :]  # (B, 1, 1, L)
         for layer, block in enumerate(self.transformer.h):
-            x = block.decode(x, cache, layer, positions, visible)
+            x = block.decode(x, cache, layer, positions, visible, explicit_attention)
         return self.lm_head(self.transformer.ln_f(x))  # (B, V)

@@ -8,6 +8,7 @@ then reads one contiguous block of the KV cache instead of gathering rows.
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -53,8 +54,15 @@ class GPTRunner:
             raise ValueError(f"window_keep must be in 1..{model.block_size}, got {window_keep}")
         self.model = model
         # The decode step is many small operations, so Python and dispatch overhead, not
-        # arithmetic, bound it; compiling fuses them (prefill stays eager: it runs rarely).
-        self.decode = torch.compile(model.decode) if compile_decode else model.decode
+        # arithmetic, bound it; compiling fuses them (prefill stays eager: it runs rarely), and
+        # the C++ wrapper calls the compiled kernels without a Python line per kernel.
+        self.decode = (
+            torch.compile(
+                partial(model.decode, explicit_attention=True), options={"cpp_wrapper": True}
+            )
+            if compile_decode
+            else model.decode
+        )
         self.block_size = model.block_size
         self.window_keep = window_keep
         self.cache = model.new_cache(capacity)

@@ -1,5 +1,6 @@
 """The KV-cache path (prefill, then one token per step) against full recomputation."""
 
+import pytest
 import torch
 
 from models.gpt import GPT, GPTConfig
@@ -27,8 +28,9 @@ def test_prefill_gives_the_last_position_of_forward_in_any_slots():
     assert cache.kv[:, [4, 0, 2], :, :, :10].abs().sum(dim=(0, 2, 3, 4, 5)).ne(0).all()
 
 
+@pytest.mark.parametrize("explicit_attention", [False, True], ids=["sdpa", "explicit"])
 @torch.inference_mode()
-def test_decoding_rows_of_different_lengths_matches_recompute():
+def test_decoding_rows_of_different_lengths_matches_recompute(explicit_attention: bool):
     model = make()
     lengths = [3, 11, 7]  # prompt lengths: every row at its own position
     seqs = torch.randint(V, (3, 24))
@@ -39,7 +41,7 @@ def test_decoding_rows_of_different_lengths_matches_recompute():
     positions = torch.tensor(lengths)
     rows = torch.arange(3)
     for _ in range(24 - max(lengths)):
-        logits = model.decode(seqs[rows, positions], cache, positions)
+        logits = model.decode(seqs[rows, positions], cache, positions, explicit_attention)
         torch.testing.assert_close(logits, full[rows, positions], atol=1e-4, rtol=0)
         positions += 1
 
