@@ -56,6 +56,7 @@ class GPTRunner:
         # The decode step is many small operations, so Python and dispatch overhead, not
         # arithmetic, bound it; compiling fuses them (prefill stays eager: it runs rarely), and
         # the C++ wrapper calls the compiled kernels without a Python line per kernel.
+        self.compiled = compile_decode
         self.decode = (
             torch.compile(
                 partial(model.decode, explicit_attention=True), options={"cpp_wrapper": True}
@@ -117,10 +118,20 @@ class GPTRunner:
         """Run the decode step once for one row and once for two, so that a compiled step is
         compiled now (one graph for one row, one for any larger batch) and not while the
         first requests wait. Rows 0 and 1 are free at this point and get overwritten."""
-        for n in range(1, min(2, self.cache.max_slots) + 1):
-            tokens = torch.zeros(n, dtype=torch.long, device=self.device)
-            positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
-            self.decode(tokens, self.cache, positions)  # the compiled graph would assume that
+        try:
+            for n in range(1, min(2, self.cache.max_slots) + 1):
+                tokens = torch.zeros(n, dtype=torch.long, device=self.device)
+                positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
+                self.decode(tokens, self.cache, positions)  # the compiled graph would assume it
+        except Exception as err:
+            if not self.compiled:
+                raise
+            reason = str(err).strip().splitlines()[0]
+            raise RuntimeError(
+                f"could not compile the decode step ({reason}); on CPU torch.compile needs a "
+                "working C++ compiler (g++): install one, or turn compile_decode "
+                "(TINYGPT_COMPILE_DECODE) off"
+            ) from err
 
     def clear(self) -> None:
         self.windows.clear()

@@ -111,6 +111,21 @@ async def test_a_compiled_decode_step_gives_the_eager_text(gpt: GPT):
     assert alone.text == together[0].text
 
 
+def test_without_a_cpp_compiler_a_compiled_decode_step_is_refused_clearly(
+    gpt: GPT, monkeypatch: pytest.MonkeyPatch
+):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    monkeypatch.setattr(inductor_config, "force_disable_caches", True)  # really compile
+    engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=2, compile_decode=True))
+    try:
+        with pytest.raises(RuntimeError, match=r"needs a working C\+\+ compiler"):
+            engine.start()
+    finally:
+        torch._dynamo.reset()
+
+
 async def test_seeded_text_is_the_same_alone_and_among_31_others(engine: Engine):
     params = SamplingParams(temperature=0.9, top_k=12, top_p=0.9, min_p=0.02)
     penalized = SamplingParams(temperature=1.2, repetition_penalty=1.3)
