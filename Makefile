@@ -65,10 +65,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 # Generation speed: in process, the engine against full recompute (bench/results/engine.json),
-# then over HTTP against a server it starts, 1/8/32/64 streaming clients (bench/results/http.json).
+# then over HTTP against a server it starts, 1/8/32/64 streaming clients, with the eager and
+# then the compiled decode step (bench/results/http.json, http-compiled.json).
 bench: $(STAMP)
-	$(PY) -m bench.engine --threads 1
+	$(PY) -m bench.engine --threads 1 --repeats 3
 	$(PY) -m bench.http
+	$(PY) -m bench.http --compile-decode --out bench/results/http-compiled.json
 
 # 64 clients mixing generate, next-token and neighbours for 60 s (bench/results/load.json).
 load: $(STAMP)

@@ -11,8 +11,11 @@ tokens each (same prompt, seeds 0..c-1, temperature 1):
 - baseline: the plain loop, recomputing the last block_size tokens of every sequence at every
   step: `models.sampling.generate` for one sequence, the same loop over one static batch for c;
 - engine: c concurrent requests through `service.engine.Engine` (KV cache, continuous
-  batching), timed from the first submit to the last completion; "compiled" is the same
-  engine with `compile_decode=True`.
+  batching), timed from the first submit to the last completion. Like the baseline, each
+  request hands back its whole result at the end (`stream_tokens=False`, as a non-streamed
+  HTTP request does); "streamed" is the same engine delivering every token to the event loop
+  as it comes (as a streamed request does), and "compiled" the engine with
+  `compile_decode=True`, whole results.
 
 The sides run back to back at each level, so their ratio compares them under the same machine
 load. A window sweep then shows what the engine's re-prefill window (`window_keep`) costs.
@@ -80,11 +83,15 @@ def baseline_tokens_per_s(model: GPT, prompt_ids: list[int], new_tokens: int, n:
 
 
 async def engine_tokens_per_s(
-    engine: Engine, prompt_ids: list[int], new_tokens: int, n: int
+    engine: Engine, prompt_ids: list[int], new_tokens: int, n: int, stream_tokens: bool = False
 ) -> float:
     started = time.perf_counter()
     streams = [
-        engine.submit(GenerationRequest(prompt_ids, new_tokens, PARAMS, seed=seed))
+        engine.submit(
+            GenerationRequest(
+                prompt_ids, new_tokens, PARAMS, seed=seed, stream_tokens=stream_tokens
+            )
+        )
         for seed in range(n)
     ]
     completions = await asyncio.gather(*(stream.collect() for stream in streams))
@@ -111,26 +118,28 @@ async def bench_setting(
 ) -> dict:
     prompt_ids = tokenizer.encode(PROMPT)
     capacity = max(concurrency)
-    engines = {"engine": started_engine(model, tokenizer, EngineConfig(max_running=capacity))}
+    eager = started_engine(model, tokenizer, EngineConfig(max_running=capacity))
+    # side: (engine, whether each token goes to the event loop as it comes)
+    sides = {"engine": (eager, False), "streamed": (eager, True)}
     compile_seconds = None
     if compiled:
         started = time.perf_counter()
         config = EngineConfig(max_running=capacity, compile_decode=True)
-        engines["compiled"] = started_engine(model, tokenizer, config)
+        sides["compiled"] = (started_engine(model, tokenizer, config), False)
         compile_seconds = round(time.perf_counter() - started, 1)
     baseline_tokens_per_s(model, prompt_ids, 8, 1)  # warm-up
-    for engine in engines.values():
-        await engine_tokens_per_s(engine, prompt_ids, 8, 1)
+    for engine, stream_tokens in sides.values():
+        await engine_tokens_per_s(engine, prompt_ids, 8, 1, stream_tokens)
     rows = []
     for n in concurrency:
         # Back to back, so that all sides see the same machine load; with repeats, the best
         # run of each side, which is the one least disturbed by other processes.
-        row = dict(concurrency=n, baseline=0.0, **dict.fromkeys(engines, 0.0))
+        row = dict(concurrency=n, baseline=0.0, **dict.fromkeys(sides, 0.0))
         for _ in range(repeats):
             speed = baseline_tokens_per_s(model, prompt_ids, new_tokens, n)
             row["baseline"] = max(row["baseline"], speed)
-            for kind, engine in engines.items():
-                speed = await engine_tokens_per_s(engine, prompt_ids, new_tokens, n)
+            for kind, (engine, stream_tokens) in sides.items():
+                speed = await engine_tokens_per_s(engine, prompt_ids, new_tokens, n, stream_tokens)
                 row[kind] = max(row[kind], speed)
         report = ", ".join(f"{k} {v:.0f}" for k, v in row.items() if k != "concurrency")
         print(f"  {name} x{n}: {report} tok/s", flush=True)
@@ -138,10 +147,10 @@ async def bench_setting(
             {
                 "concurrency": n,
                 **{f"{k}_tokens_per_s": round(v, 1) for k, v in row.items() if k != "concurrency"},
-                **{f"{k}_ratio": round(row[k] / row["baseline"], 2) for k in engines},
+                **{f"{k}_ratio": round(row[k] / row["baseline"], 2) for k in sides},
             }
         )
-    for engine in engines.values():
+    for engine, _ in sides.values():
         engine.stop()
     return dict(
         name=name,
@@ -172,8 +181,11 @@ async def window_sweep(
 
 def markdown(results: dict) -> str:
     compiled = any("compiled_ratio" in r for s in results["settings"] for r in s["rows"])
-    head = "| model | concurrency | baseline tok/s | engine tok/s | engine / baseline |"
-    rule = "| --- | ---: | ---: | ---: | ---: |"
+    head = (
+        "| model | concurrency | baseline tok/s | engine tok/s | engine / baseline "
+        "| streamed tok/s | streamed / baseline |"
+    )
+    rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     if compiled:
         head += " compiled tok/s | compiled / baseline |"
         rule += " ---: | ---: |"
@@ -182,7 +194,8 @@ def markdown(results: dict) -> str:
         for r in setting["rows"]:
             line = (
                 f"| {setting['name']} | {r['concurrency']} | {r['baseline_tokens_per_s']:.0f} "
-                f"| {r['engine_tokens_per_s']:.0f} | {r['engine_ratio']:.1f}x |"
+                f"| {r['engine_tokens_per_s']:.0f} | {r['engine_ratio']:.1f}x "
+                f"| {r['streamed_tokens_per_s']:.0f} | {r['streamed_ratio']:.1f}x |"
             )
             if "compiled_ratio" in r:
                 line += f" {r['compiled_tokens_per_s']:.0f} | {r['compiled_ratio']:.1f}x |"

@@ -1,11 +1,12 @@
 """Serving benchmark over HTTP: concurrent streaming clients against a real server.
 
-    python -m bench.http [--model reference|gpt-char] [--concurrency 1 8 32 64]
+    python -m bench.http [--model reference|gpt-char] [--concurrency 1 8 32 64] [--compile-decode]
     python -m bench.http --url http://127.0.0.1:8000 --model gpt-char   # a server you run
 
 Without --url it starts `tinygpt serve` itself on a free loopback port, serving either the
 shipped gpt-char or `reference`: the reference GPT setting (4 layers, 4 heads, 128 dims,
-block 64) with seeded random weights, which generate as fast as trained ones.
+block 64) with seeded random weights, which generate as fast as trained ones; with
+--compile-decode, that server runs with TINYGPT_COMPILE_DECODE=true.
 
 Each client sends `/v1/generate` requests with `stream: true` back to back; per request it
 records the time to first token (TTFT), the gaps between tokens (inter-token latency, ITL) and
@@ -152,7 +153,7 @@ def write_checkpoint(model_name: str, root: Path) -> None:
 
 
 @contextmanager
-def running_server(model_name: str, torch_threads: int) -> Iterator[str]:
+def running_server(model_name: str, torch_threads: int, compile_decode: bool) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(model_name, Path(tmp))
         with socket.socket() as probe:
@@ -162,13 +163,14 @@ def running_server(model_name: str, torch_threads: int) -> Iterator[str]:
             "TINYGPT_CHECKPOINTS": tmp,
             "TINYGPT_DEVICE": "cpu",
             "TINYGPT_TORCH_THREADS": str(torch_threads),
+            "TINYGPT_COMPILE_DECODE": str(compile_decode).lower(),
             "TINYGPT_LOG_LEVEL": "warning",
         }
         command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
         server = subprocess.Popen(command, env=env, cwd=REPO)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300  # a compiled decode step takes a while
             while time.monotonic() < deadline:
                 try:
                     if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
@@ -215,6 +217,9 @@ def main() -> None:
     parser.add_argument("--url", help="a running server; by default one is started")
     parser.add_argument("--model", default="reference", help="reference, gpt-char, or any")
     parser.add_argument("--torch-threads", type=int, default=1, help="for the started server")
+    parser.add_argument(
+        "--compile-decode", action="store_true", help="the started server compiles its decode step"
+    )
     parser.add_argument("--prompt", default="ROMEO:")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -226,7 +231,7 @@ def main() -> None:
     if args.url:
         rows = [asyncio.run(run_level(args, c)) for c in args.concurrency]
     else:
-        with running_server(args.model, args.torch_threads) as args.url:
+        with running_server(args.model, args.torch_threads, args.compile_decode) as args.url:
             rows = [asyncio.run(run_level(args, c)) for c in args.concurrency]
     results = {
         "machine": machine() | {"load_average_at_start": started},
