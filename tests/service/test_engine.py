@@ -8,6 +8,7 @@ import string
 
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 from prometheus_client import CollectorRegistry, generate_latest
 
 from models.bigram import BigramConfig, BigramLanguageModel
@@ -114,8 +115,6 @@ async def test_a_compiled_decode_step_gives_the_eager_text(gpt: GPT):
 def test_without_a_cpp_compiler_a_compiled_decode_step_is_refused_clearly(
     gpt: GPT, monkeypatch: pytest.MonkeyPatch
 ):
-    import torch._inductor.config as inductor_config
-
     monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
     monkeypatch.setattr(inductor_config, "force_disable_caches", True)  # really compile
     engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=2, compile_decode=True))
