@@ -23,7 +23,7 @@ from litestar.params import JSONBody
 from litestar.response import ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
 
-from service.controllers.generation import EventStream
+from service.controllers.generation import EventBatch, EventStream
 from service.engine import TokenEvent
 from service.errors import http_error_handler, service_error_handler, unexpected_error_handler
 from service.exceptions import GenerationTimeoutError, InvalidRequestError, ServiceError
@@ -269,6 +269,27 @@ class CompletionJob:
     def chunk(self, choice: CompletionChoice) -> ServerSentEventMessage:
         return sse_data(msgspec.json.encode(self.envelope([choice], None)).decode())
 
+    def token_chunk(self, choice: Choice, event: TokenEvent) -> ServerSentEventMessage:
+        logprobs = None
+        if self.logprobs is not None:
+            logprobs = self.logprobs_of(choice, (), [event])
+        return self.chunk(
+            CompletionChoice(
+                text=event.text, index=choice.index, logprobs=logprobs, finish_reason=None
+            )
+        )
+
+    def final_chunk(self, choice: Choice, reason: str) -> ServerSentEventMessage:
+        empty = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+        return self.chunk(
+            CompletionChoice(
+                text="",
+                index=choice.index,
+                logprobs=empty if self.logprobs is not None else None,
+                finish_reason=self.finish_reason(reason),
+            )
+        )
+
     async def events(self) -> AsyncIterator[ServerSentEventMessage]:
         """OpenAI's chunks: a chunk per token per choice (interleaved as they come), a last one
         per choice with its finish_reason, optionally a usage chunk, then `[DONE]`. A client
@@ -288,33 +309,19 @@ class CompletionJob:
                         )
                     )
             total = 0
-            async for choice, event in merged(self.choices, self.on_deadline, self.timeout):
-                if event is None:  # this choice's stream has ended
-                    completion = choice.generation.stream.completion
+            async for batch in merged(self.choices, self.on_deadline, self.timeout):
+                chunks = []
+                for choice, event in batch:
+                    if event is not None:
+                        chunks.append(self.token_chunk(choice, event))
+                        continue
+                    completion = choice.generation.stream.completion  # the stream has ended
                     assert completion is not None
-                    tokens = completion.usage.completion_tokens
-                    total += tokens
-                    self.record(choice, tokens)
-                    empty = CompletionLogprobs(
-                        tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[]
-                    )
-                    yield self.chunk(
-                        CompletionChoice(
-                            text="",
-                            index=choice.index,
-                            logprobs=empty if self.logprobs is not None else None,
-                            finish_reason=self.finish_reason(completion.finish_reason),
-                        )
-                    )
-                    continue
-                logprobs = None
-                if self.logprobs is not None:
-                    logprobs = self.logprobs_of(choice, (), [event])
-                yield self.chunk(
-                    CompletionChoice(
-                        text=event.text, index=choice.index, logprobs=logprobs, finish_reason=None
-                    )
-                )
+                    total += completion.usage.completion_tokens
+                    self.record(choice, completion.usage.completion_tokens)
+                    chunks.append(self.final_chunk(choice, completion.finish_reason))
+                # A reader that fell behind writes what piled up at once, not a chunk each.
+                yield chunks[0] if len(chunks) == 1 else EventBatch(chunks)
             options = self.data.stream_options
             if options is not None and options.include_usage:
                 yield sse_data(msgspec.json.encode(self.envelope([], self.usage(total))).decode())
@@ -329,43 +336,44 @@ def sse_data(data: str) -> ServerSentEventMessage:
 
 async def merged(
     choices: list[Choice], on_deadline: Callable[[], None], timeout: float
-) -> AsyncIterator[tuple[Choice, TokenEvent | None]]:
-    """(choice, token event) as each choice's stream delivers; (choice, None) when it ends.
-    `on_deadline` is called once if `timeout` seconds pass first (it should cancel them all)."""
-    end = time.monotonic() + timeout
-    deadline_passed = False
-    pending: dict[asyncio.Future[TokenEvent | None], Choice] = {}
+) -> AsyncIterator[list[tuple[Choice, TokenEvent | None]]]:
+    """(choice, token event) as each choice's stream delivers, (choice, None) when it ends,
+    in batches: whatever has arrived by the time the reader asks, at least one item, so that a
+    reader that fell behind writes the pile at once. `on_deadline` is called once if `timeout`
+    seconds pass first (it should cancel them all, which ends their streams).
 
-    def ask(choice: Choice) -> None:
-        pending[asyncio.ensure_future(anext_or_none(choice))] = choice
+    One forwarding task per choice for the whole stream, and one timer: a token costs the event
+    loop a queue hand-over, not a task and a wait of its own."""
+    arrived: asyncio.Queue[tuple[Choice, TokenEvent | None | Exception]] = asyncio.Queue()
 
-    for choice in choices:
-        ask(choice)
+    async def forward(choice: Choice) -> None:
+        try:
+            async for event in choice.generation.stream:
+                arrived.put_nowait((choice, event))
+            arrived.put_nowait((choice, None))
+        except Exception as err:  # an engine failure: the reader raises it
+            arrived.put_nowait((choice, err))
+
+    timer = asyncio.get_running_loop().call_later(timeout, on_deadline)
+    tasks = [asyncio.create_task(forward(choice)) for choice in choices]
+    open_streams = len(choices)
     try:
-        while pending:
-            remaining = None if deadline_passed else max(0.0, end - time.monotonic())
-            done, _ = await asyncio.wait(
-                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
-                deadline_passed = True
-                on_deadline()
-            for future in sorted(done, key=lambda f: pending[f].index):
-                choice = pending.pop(future)
-                event = future.result()
-                yield choice, event
-                if event is not None:
-                    ask(choice)
+        while open_streams:
+            batch = [await arrived.get()]
+            while not arrived.empty():
+                batch.append(arrived.get_nowait())
+            items: list[tuple[Choice, TokenEvent | None]] = []
+            for choice, item in batch:
+                if isinstance(item, Exception):
+                    raise item
+                if item is None:
+                    open_streams -= 1
+                items.append((choice, item))
+            yield items
     finally:
-        for future in pending:
-            future.cancel()
-
-
-async def anext_or_none(choice: Choice) -> TokenEvent | None:
-    try:
-        return await anext(choice.generation.stream)
-    except StopAsyncIteration:
-        return None
+        timer.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 class OpenAIController(Controller):

@@ -63,6 +63,22 @@ async def test_timeout_answers_what_was_produced_or_504(settings: Settings):
         assert '"finish_reason":"timeout"' in done
 
 
+async def test_openai_completions_time_out_every_choice(settings: Settings):
+    app = create_app(msgspec.structs.replace(settings, request_timeout=1e-6))
+    request = {"model": GPT_ID, "prompt": "a", "max_tokens": 1000, "n": 2, "stream": True}
+    async with AsyncTestClient(app=app) as client:
+        response = await client.post("/v1/completions", json=request)
+        assert response.status_code == 200
+        chunks = [
+            msgspec.json.decode(line.removeprefix("data: "))
+            for line in response.text.splitlines()
+            if line.startswith("data: {")
+        ]
+        reasons = {c["choices"][0]["index"]: c["choices"][0]["finish_reason"] for c in chunks}
+        assert reasons == {0: "timeout", 1: "timeout"}
+        assert response.text.rstrip().endswith("data: [DONE]")
+
+
 async def test_generous_timeout_changes_nothing(settings: Settings):
     async with AsyncTestClient(app=create_app(settings)) as client:
         response = await client.post(
