@@ -23,16 +23,18 @@ from models.bigram import (
     empirical_table,
     table_cross_entropy,
 )
+from models.config import TrainConfig
 from models.data import load_corpus, train_val_split
+from models.evaluation import full_pass_loss
 from models.tokenizer import CharTokenizer
-from models.train import TrainConfig, Trainer, full_pass_loss
+from models.train import Trainer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 REFERENCE_GPT = dict(
     n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_steps=2000,
     learning_rate=1e-3, dropout=0.0, warmup_steps=100, eval_interval=200, eval_iters=50,
 )  # fmt: skip
-# The trainer's command-line defaults for the bigram (models/cli.py MODEL_DEFAULTS).
+# The trainer's defaults for the bigram (models/config.py MODEL_DEFAULTS).
 BIGRAM = dict(
     max_steps=3000, batch_size=64, block_size=256, learning_rate=0.1, min_lr_ratio=0.01,
     warmup_steps=0, weight_decay=0.0, eval_interval=100, eval_iters=20,

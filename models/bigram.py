@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 BigramInit = Literal["zeros", "normal", "empirical"]
+# The counts go into the manifest as JSON, V^2 numbers: fine for characters, but for a 2048-token
+# BPE vocabulary they would make every checkpoint write tens of megabytes of text.
+MAX_VOCAB_FOR_STORED_COUNTS = 512
 
 
 @dataclass
@@ -33,6 +36,13 @@ def empirical_table(counts: torch.Tensor, smoothing: float = 1.0) -> torch.Tenso
 def table_cross_entropy(table: torch.Tensor, ids: torch.Tensor) -> float:
     """Mean -log P(next | current) of the pairs in `ids` under a probability table."""
     return -table[ids[:-1], ids[1:]].double().log().mean().item()
+
+
+class BigramTrainingSettings(Protocol):
+    """The training settings the bigram reads (models.config.TrainConfig holds them)."""
+
+    init: BigramInit
+    laplace: float
 
 
 class BigramLanguageModel(nn.Module):
@@ -87,3 +97,64 @@ class BigramLanguageModel(nn.Module):
     def token_vectors(self) -> torch.Tensor:
         """Row i of the table: tokens with similar rows are followed by similar tokens."""
         return self.token_embedding_table.weight
+
+    # The hooks through which the trainer (models.train), which knows no particular model,
+    # trains this one: GPT has the same methods.
+
+    @classmethod
+    def for_training(
+        cls, settings: BigramTrainingSettings, vocab_size: int, train_ids: torch.Tensor
+    ) -> BigramLanguageModel:
+        """A table initialised as `settings.init` says (`empirical` counts `train_ids`)."""
+        model = cls(BigramConfig(vocab_size=vocab_size, init=settings.init))
+        model.init_weights(train_ids)
+        return model
+
+    def training_objective(
+        self, loss: torch.Tensor, settings: BigramTrainingSettings, train_tokens: int
+    ) -> torch.Tensor:
+        """`loss` (a mean over batch targets) less the add-`laplace` prior's share per token of
+        the training split, whose optimum is the smoothed table (see dirichlet_log_prior)."""
+        if settings.laplace <= 0:
+            return loss
+        prior_weight = settings.laplace / train_tokens
+        return loss - prior_weight * self.dirichlet_log_prior()
+
+    @torch.no_grad()
+    def next_token_distributions(self, probe: torch.Tensor) -> torch.Tensor:
+        """What drift is measured on: the whole table, which holds every context (so the
+        probe batch, which a model with longer contexts needs, plays no part)."""
+        return self.probability_table().float().cpu()
+
+    @torch.no_grad()
+    def distance_from_optimum(
+        self, train_ids: torch.Tensor, val_ids: torch.Tensor
+    ) -> tuple[float, float]:
+        """(mean absolute difference between the table and the empirical one of `train_ids`,
+        cross-entropy of that empirical table on `val_ids`): where training should end up."""
+        empirical = empirical_table(bigram_counts(train_ids, self.config.vocab_size))
+        table_mae = (self.probability_table().float().cpu() - empirical).abs().mean().item()
+        return table_mae, table_cross_entropy(empirical, val_ids)
+
+    def training_diagnostics(
+        self, train_ids: torch.Tensor, val_ids: torch.Tensor
+    ) -> dict[str, float]:
+        """What each evaluation logs besides the losses."""
+        table_mae, optimum = self.distance_from_optimum(train_ids, val_ids)
+        return {"table_mae": table_mae, "bigram_optimum": optimum}
+
+    def final_diagnostics(
+        self, train_ids: torch.Tensor, val_ids: torch.Tensor, val_loss: float
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """At the end of a run, for the best weights whose full-pass loss is `val_loss`: the
+        metrics the checkpoint's manifest carries, and what the report adds to them."""
+        table_mae, optimum = self.distance_from_optimum(train_ids, val_ids)
+        metrics = {"table_mae": table_mae, "bigram_optimum_val_loss": optimum}
+        return metrics, {"gap_to_optimum": val_loss - optimum}
+
+    def manifest_extras(self, train_ids: torch.Tensor) -> dict[str, Any]:
+        """The training split's counts, from which the service and the pictures rebuild the
+        empirical table (too large to store for big vocabularies)."""
+        if self.config.vocab_size > MAX_VOCAB_FOR_STORED_COUNTS:
+            return {}
+        return {"bigram_counts": bigram_counts(train_ids, self.config.vocab_size).tolist()}

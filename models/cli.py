@@ -5,66 +5,71 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.config import DEFAULT_BPE_VOCAB, MODEL_KINDS, TrainConfig, TrainingError
 from models.data import CorpusError, load_corpus, split_named
 from models.device import DEVICE_CHOICES, resolve_device
 from models.distributed import DistEnv
+from models.evaluation import full_pass_loss
+from models.resume import resumed_config
 from models.sampling import SamplingParams, generate, seeded_generator
 from models.tokenizer import UnknownCharacterError
-
-# Settings that suit each model when the command line does not say otherwise.
-MODEL_DEFAULTS = {
-    "bigram": dict(
-        max_steps=3000,
-        batch_size=64,
-        block_size=256,
-        learning_rate=0.1,
-        min_lr_ratio=0.01,
-        warmup_steps=0,
-        weight_decay=0.0,
-        laplace=1.0,
-        eval_interval=100,
-        eval_iters=20,
-    ),
-    "gpt": dict(
-        max_steps=2000,
-        batch_size=12,
-        block_size=64,
-        learning_rate=1e-3,
-        warmup_steps=100,
-        weight_decay=0.1,
-        eval_interval=200,
-        eval_iters=50,
-    ),
-}
 
 USER_ERRORS = (CorpusError, CheckpointError, UnknownCharacterError, ValueError)
 
 
+def default_of(name: str, kinds: Sequence[str] = MODEL_KINDS) -> str:
+    """`(default X)` for setting `name`, or `(default X for bigram, Y for gpt)`."""
+    values = {kind: TrainConfig.defaults(kind)[name] for kind in kinds}
+    if len(set(values.values())) == 1:
+        return f"(default {values[kinds[0]]})"
+    return "(default " + ", ".join(f"{v} for {kind}" for kind, v in values.items()) + ")"
+
+
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    # Every setting defaults to None here: TrainConfig fills in the model's defaults, and the
+    # help shows them.
     p = sub.add_parser("train", help="train a model on a text corpus and write a checkpoint")
-    p.add_argument("model", choices=sorted(MODEL_DEFAULTS), help="which model to train")
+    p.add_argument("model", choices=MODEL_KINDS, help="which model to train")
     p.add_argument("--data", help="UTF-8 text file, or a folder of .txt files")
     p.add_argument("--out", required=True, help="checkpoint folder to write (or resume)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--steps", dest="max_steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--block-size", type=int)
-    p.add_argument("--lr", dest="learning_rate", type=float)
-    p.add_argument("--min-lr-ratio", type=float, help="final learning rate as a fraction of --lr")
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--eval-interval", type=int)
-    p.add_argument("--eval-iters", type=int)
-    p.add_argument("--patience", type=int, help="stop after N evaluations without improvement")
-    p.add_argument("--min-delta", type=float, help="smallest val improvement that counts")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=DEVICE_CHOICES)
+    p.add_argument("--steps", dest="max_steps", type=int, help=default_of("max_steps"))
+    p.add_argument("--batch-size", type=int, help=default_of("batch_size"))
+    p.add_argument("--block-size", type=int, help=default_of("block_size"))
+    p.add_argument(
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        help="peak learning rate " + default_of("learning_rate"),
+    )
+    p.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        help="final learning rate as a fraction of --lr " + default_of("min_lr_ratio"),
+    )
+    p.add_argument("--warmup-steps", type=int, help=default_of("warmup_steps"))
+    p.add_argument("--weight-decay", type=float, help=default_of("weight_decay"))
+    p.add_argument("--grad-clip", type=float, help=default_of("grad_clip"))
+    p.add_argument("--eval-interval", type=int, help=default_of("eval_interval"))
+    p.add_argument("--eval-iters", type=int, help=default_of("eval_iters"))
+    p.add_argument(
+        "--patience",
+        type=int,
+        help="stop after N evaluations without improvement; 0: never " + default_of("patience"),
+    )
+    p.add_argument(
+        "--min-delta",
+        type=float,
+        help="smallest val improvement that counts " + default_of("min_delta"),
+    )
+    p.add_argument("--seed", type=int, help=default_of("seed"))
+    p.add_argument("--device", choices=DEVICE_CHOICES, help=default_of("device"))
     p.add_argument(
         "--grad-accum-steps",
         type=int,
@@ -72,31 +77,48 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="micro-batches of --batch-size sequences per optimizer step, summed over all "
         "processes: under torchrun with P processes each accumulates N/P of them, so the "
         "global batch stays N x --batch-size whatever P is; N must be a multiple of P "
-        "(default 1)",
+        + default_of("grad_accum_steps"),
     )
     p.add_argument(
         "--tokenizer",
         choices=["char", "bpe"],
-        help="char: one token per character of the corpus (default); bpe: byte-level BPE "
-        "learned on the training text",
+        help="char: one token per character of the corpus; bpe: byte-level BPE learned on "
+        "the training text " + default_of("tokenizer"),
     )
     p.add_argument(
         "--vocab-size",
         type=int,
-        help="bpe only: vocabulary size, the 256 bytes plus learned merges (default 2048)",
+        help="bpe only: vocabulary size, the 256 bytes plus learned merges "
+        f"(default {DEFAULT_BPE_VOCAB})",
     )
-    p.add_argument("--init", choices=["zeros", "normal", "empirical"], help="bigram only")
+    p.add_argument(
+        "--init",
+        choices=["zeros", "normal", "empirical"],
+        help="bigram only " + default_of("init", ["bigram"]),
+    )
     p.add_argument(
         "--laplace",
         type=float,
-        help="bigram only: ALPHA pseudo-counts per table cell as a prior (add-ALPHA smoothing)",
+        help="bigram only: ALPHA pseudo-counts per table cell as a prior (add-ALPHA smoothing) "
+        + default_of("laplace", ["bigram"]),
     )
-    p.add_argument("--n-layer", type=int, help="gpt only")
-    p.add_argument("--n-head", type=int, help="gpt only")
-    p.add_argument("--n-embd", type=int, help="gpt only")
-    p.add_argument("--dropout", type=float, help="gpt only")
-    p.add_argument("--no-bias", dest="bias", action="store_false", default=None)
-    p.add_argument("--scale-embeddings", action="store_true", default=None)
+    for name in ("n_layer", "n_head", "n_embd"):
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=int, help="gpt only " + default_of(name, ["gpt"]))
+    p.add_argument("--dropout", type=float, help="gpt only " + default_of("dropout", ["gpt"]))
+    p.add_argument(
+        "--no-bias",
+        dest="bias",
+        action="store_false",
+        default=None,
+        help="gpt only: no biases in the linear layers and LayerNorms",
+    )
+    p.add_argument(
+        "--scale-embeddings",
+        action="store_true",
+        default=None,
+        help="gpt only: multiply token embeddings by sqrt(n_embd)",
+    )
     p.set_defaults(handler=run_train)
 
 
@@ -138,18 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The settings given on the command line; TrainConfig fills in the rest."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from models.train import Trainer, TrainingError, config_from_args, resumed_config
+    # Imported here: `tinygpt serve` shares this parser and needs neither the trainer nor the
+    # matplotlib it draws with.
+    from models.train import Trainer
 
     try:
         if args.resume:
-            cfg = resumed_config(args.out, {"device": args.device})
+            cfg = resumed_config(args.out, args.device)
         else:
             if not args.data:
                 raise TrainingError("--data is required (a UTF-8 text file or a folder of .txt)")
-            for key, value in MODEL_DEFAULTS[args.model].items():
-                if getattr(args, key) is None:
-                    setattr(args, key, value)
             cfg = config_from_args(args)
         report = Trainer(cfg, resume=args.resume).train()
     except TrainingError as err:
@@ -178,8 +205,6 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from models.train import full_pass_loss
-
     checkpoint = load_checkpoint(args.checkpoint, resolve_device(args.device))
     text = load_corpus(args.data)
     ids = torch.tensor(checkpoint.tokenizer.encode(text), dtype=torch.long)

@@ -1,6 +1,8 @@
-"""Picking the compute device: CUDA, then Apple's MPS, then the CPU."""
+"""Picking the compute device (CUDA, then Apple's MPS, then the CPU) and its precision."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -18,3 +20,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if (name == "cuda" and not cuda) or (name == "mps" and not mps):
         raise ValueError(f"device {name!r} was asked for but is not available on this machine")
     return torch.device(name)
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, where it is fast and needs no loss scaling; full precision
+    elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,18 @@ class GPTConfig:
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+
+class GPTTrainingSettings(Protocol):
+    """The training settings GPT reads (models.config.TrainConfig holds them)."""
+
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float
+    bias: bool
+    scale_embeddings: bool
 
 
 class KVCache:
@@ -320,3 +332,53 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.transformer.h):
             x = block.decode(x, cache, layer, positions, visible, explicit_attention)
         return self.lm_head(self.transformer.ln_f(x))  # (B, V)
+
+    # The hooks through which the trainer (models.train), which knows no particular model,
+    # trains this one: the bigram has the same methods.
+
+    @classmethod
+    def for_training(
+        cls, settings: GPTTrainingSettings, vocab_size: int, train_ids: torch.Tensor
+    ) -> GPT:
+        """A freshly initialised GPT of the shape `settings` gives; the data plays no part."""
+        return cls(
+            GPTConfig(
+                vocab_size=vocab_size,
+                block_size=settings.block_size,
+                n_layer=settings.n_layer,
+                n_head=settings.n_head,
+                n_embd=settings.n_embd,
+                dropout=settings.dropout,
+                bias=settings.bias,
+                scale_embeddings=settings.scale_embeddings,
+            )
+        )
+
+    def training_objective(
+        self, loss: torch.Tensor, settings: object, train_tokens: int
+    ) -> torch.Tensor:
+        """The cross-entropy alone."""
+        return loss
+
+    @torch.no_grad()
+    def next_token_distributions(self, probe: torch.Tensor) -> torch.Tensor:
+        """What drift is measured on: the predictions at every position of the fixed batch
+        `probe`, as (N, V) rows that each sum to 1."""
+        logits, _ = self(probe)
+        return torch.softmax(logits.float(), dim=-1).reshape(-1, logits.size(-1)).cpu()
+
+    def training_diagnostics(
+        self, train_ids: torch.Tensor, val_ids: torch.Tensor
+    ) -> dict[str, float]:
+        """Nothing beyond the losses and drift."""
+        return {}
+
+    def final_diagnostics(
+        self, train_ids: torch.Tensor, val_ids: torch.Tensor, val_loss: float
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Nothing beyond the losses."""
+        return {}, {}
+
+    def manifest_extras(self, train_ids: torch.Tensor) -> dict[str, Any]:
+        """Nothing beyond the weights and settings."""
+        return {}

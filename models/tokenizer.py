@@ -1,6 +1,7 @@
 """Tokenizers: characters (the vocabulary is the sorted set of characters of the corpus) and
 byte-level BPE (subwords learned on the corpus). Both offer the same interface: `kind`,
-`vocab_size`, `start_id`, `encode`, `decode`, `token_text`, `to_dict` and `from_dict`."""
+`vocab_size`, `start_id`, `encode`, `decode`, `token_text`, `to_dict` and `from_dict`.
+`bpe_for_training_split` learns a BPE vocabulary for training without looking at validation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
+
+from models.data import TRAIN_FRACTION
 
 MIN_BPE_VOCAB = 256  # one token per byte before any merge
 
@@ -157,3 +160,23 @@ def tokenizer_from_dict(data: dict) -> TextTokenizer:
     if kind not in TOKENIZERS:
         raise ValueError(f"unsupported tokenizer kind {kind!r}; this build reads char and bpe")
     return TOKENIZERS[kind].from_dict(data)
+
+
+def bpe_for_training_split(text: str, vocab_size: int) -> BPETokenizer:
+    """A BPE tokenizer that never saw the validation text.
+
+    The split is by tokens (the first 90% train), as `tinygpt eval --split` makes it, so where
+    validation starts in the text depends on the tokenizer. Learn the merges on the first 90%
+    of the characters: a tokenizer compresses its own training text best, so the token split
+    then lands at or after that point. Should it land earlier, learn again on the text before
+    it, until the validation tokens lie wholly in text the merges were not learned from.
+    """
+    seen = int(TRAIN_FRACTION * len(text))
+    while True:
+        tokenizer = BPETokenizer.train(text[:seen], vocab_size)
+        encoding = tokenizer.hf.encode(text)
+        n_train = int(TRAIN_FRACTION * len(encoding.ids))  # as train_val_split cuts
+        val_start = encoding.offsets[n_train][0]  # character offset of the first val token
+        if val_start >= seen:
+            return tokenizer
+        seen = val_start

@@ -1,9 +1,14 @@
-"""The offline trainer: corpus in, verified checkpoint folder, log, report and curves out.
+"""The training loop: a corpus in; a verified checkpoint folder, log, report and curves out.
 
-Run as `tinygpt train bigram|gpt --data PATH --out DIR` or `python -m models.train ...`, and
-unchanged under `torchrun --nproc_per_node N` for distributed data-parallel training: each
-process trains a replica on its own micro-batches, gradients are averaged across processes, and
-rank 0 alone writes files.
+`tinygpt train bigram|gpt --data PATH --out DIR` runs it, and so does `python -m models.train
+...`, unchanged under `torchrun --nproc_per_node N` for distributed data-parallel training:
+each process trains a replica on its own micro-batches, gradients are averaged across
+processes, and rank 0 alone writes files.
+
+The loop knows no particular model. What one adds comes from methods that every model class
+has: `for_training` builds it, `training_objective` adds terms to the loss,
+`next_token_distributions` is what drift is measured on, `training_diagnostics` and
+`final_diagnostics` add to the log and the report, `manifest_extras` to the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,44 +18,20 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models.bigram import (
-    BigramConfig,
-    BigramInit,
-    BigramLanguageModel,
-    bigram_counts,
-    empirical_table,
-    table_cross_entropy,
-)
-from models.checkpoint import (
-    Model,
-    atomic_write_bytes,
-    atomic_write_json,
-    header_metadata,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    tensors_to_bytes,
-)
-from models.data import (
-    TRAIN_FRACTION,
-    get_batch,
-    load_corpus,
-    sequential_batches,
-    text_sha256,
-    train_val_split,
-)
-from models.device import resolve_device
+from models.bigram import BigramLanguageModel
+from models.checkpoint import Model, atomic_write_json, load_checkpoint, save_checkpoint
+from models.config import TrainConfig, TrainingError
+from models.data import get_batch, load_corpus, text_sha256, train_val_split
+from models.device import autocast_for, resolve_device
 from models.distributed import (
-    SINGLE_PROCESS,
     DistEnv,
     all_sum,
     broadcast_from_main,
@@ -58,95 +39,32 @@ from models.distributed import (
     join_process_group,
     leave_process_group,
 )
-from models.gpt import GPT, GPTConfig
+from models.evaluation import drift, full_pass_loss, sampled_loss
+from models.gpt import GPT
 from models.plots import draw_training_pictures
+from models.resume import (
+    SavedState,
+    TrainState,
+    drop_log_records_after,
+    process_rng_states,
+    read_state,
+    restore_state,
+    save_state,
+)
 from models.tokenizer import (
-    MIN_BPE_VOCAB,
-    BPETokenizer,
     CharTokenizer,
     TextTokenizer,
+    bpe_for_training_split,
     tokenizer_from_dict,
 )
 
+MODEL_CLASSES: dict[str, type[BigramLanguageModel] | type[GPT]] = {
+    "bigram": BigramLanguageModel,
+    "gpt": GPT,
+}
 LOG_FILE = "train_log.jsonl"
 REPORT_FILE = "report.json"
-STATE_FILE = "train_state.safetensors"
-STATE_META_KEY = "train_state"  # the state file's header entry holding config and counters
 PROBE_BATCH = 8
-DEFAULT_BPE_VOCAB = 2048
-# The bigram's counts go into the manifest as JSON, V^2 numbers: fine for characters, but for a
-# 2048-token BPE vocabulary they would make every checkpoint write tens of megabytes of text.
-MAX_VOCAB_FOR_STORED_COUNTS = 512
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or continue; the message says why and what to do."""
-
-
-@dataclass
-class TrainConfig:
-    model: str  # "bigram" or "gpt"
-    data: str
-    out: str
-    max_steps: int = 2000
-    batch_size: int = 12
-    block_size: int = 64
-    learning_rate: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_interval: int = 200
-    eval_iters: int = 50
-    patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
-    min_delta: float = 0.0
-    seed: int = 1337
-    device: str = "auto"
-    # Micro-batches per optimizer step, summed over all processes: the global batch is
-    # batch_size * grad_accum_steps sequences whatever the number of processes, each of which
-    # accumulates grad_accum_steps / world_size of them.
-    grad_accum_steps: int = 1
-    tokenizer: str = "char"  # "char" or "bpe"
-    vocab_size: int | None = None  # bpe only: DEFAULT_BPE_VOCAB when not given
-    # bigram
-    init: BigramInit = "zeros"
-    laplace: float = 0.0  # pseudo-counts per table cell, as a prior in the objective
-    # gpt
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True
-    scale_embeddings: bool = False
-
-    def __post_init__(self) -> None:
-        if self.tokenizer not in ("char", "bpe"):
-            raise TrainingError(f"unknown tokenizer {self.tokenizer!r}; choose char or bpe")
-        if self.tokenizer == "bpe" and self.vocab_size is None:
-            self.vocab_size = DEFAULT_BPE_VOCAB
-        if self.tokenizer == "char" and self.vocab_size is not None:
-            raise TrainingError("--vocab-size applies to --tokenizer bpe only")
-        if self.tokenizer == "bpe" and (self.vocab_size or 0) < MIN_BPE_VOCAB:
-            raise TrainingError(
-                f"--vocab-size {self.vocab_size} is too small: a byte-level BPE vocabulary "
-                f"holds the {MIN_BPE_VOCAB} bytes plus the merges it learns"
-            )
-        if self.grad_accum_steps < 1:
-            raise TrainingError("--grad-accum-steps must be at least 1")
-
-
-@dataclass
-class TrainState:
-    """Everything beyond the weights that a resumed run needs to continue identically."""
-
-    step: int = 0
-    best_val: float = math.inf
-    best_step: int = -1
-    evals_without_improvement: int = 0
-    stopped_early: bool = False
-    tokens_seen: int = 0
-    train_seconds: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -156,27 +74,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
-
-
-def build(cfg: TrainConfig, vocab_size: int, train_ids: torch.Tensor) -> Model:
-    if cfg.model == "bigram":
-        model = BigramLanguageModel(BigramConfig(vocab_size=vocab_size, init=cfg.init))
-        model.init_weights(train_ids)
-        return model
-    if cfg.model == "gpt":
-        return GPT(
-            GPTConfig(
-                vocab_size=vocab_size,
-                block_size=cfg.block_size,
-                n_layer=cfg.n_layer,
-                n_head=cfg.n_head,
-                n_embd=cfg.n_embd,
-                dropout=cfg.dropout,
-                bias=cfg.bias,
-                scale_embeddings=cfg.scale_embeddings,
-            )
-        )
-    raise TrainingError(f"unknown model {cfg.model!r}; choose bigram or gpt")
 
 
 def make_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -189,88 +86,6 @@ def make_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
-
-
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def full_pass_loss(
-    model: Model, ids: torch.Tensor, block_size: int, batch_size: int = 64
-) -> tuple[float, int]:
-    """Mean cross-entropy over every target of `ids`, in order: deterministic, no sampling."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for x, y in sequential_batches(ids, block_size, batch_size):
-        _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * y.numel()
-        count += y.numel()
-    model.train(was_training)
-    return total / count, count
-
-
-@torch.no_grad()
-def sampled_loss(
-    model: Model,
-    data: torch.Tensor,
-    cfg: TrainConfig,
-    seed: int,
-    device: torch.device,
-    dist_env: DistEnv = SINGLE_PROCESS,
-) -> float:
-    """Mean loss over `eval_iters` random batches, drawn from a generator seeded per call.
-
-    Under DDP every rank draws the same batches and evaluates its share (batch i on rank
-    i mod N); the all-reduced sum gives every rank the number a single process would get."""
-    generator = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for i in range(cfg.eval_iters):
-        x, y = get_batch(data, cfg.block_size, cfg.batch_size, generator)
-        if i % dist_env.world_size == dist_env.rank:
-            with autocast_for(device):
-                _, loss = model(x.to(device), y.to(device))
-            total += loss.item()
-    return all_sum(total, device) / cfg.eval_iters
-
-
-@torch.no_grad()
-def next_token_distributions(model: Model, probe: torch.Tensor) -> torch.Tensor:
-    """What drift is measured on: the bigram's whole table, or the GPT's predictions on a
-    fixed probe batch. Returns (N, V) rows that each sum to 1."""
-    if isinstance(model, BigramLanguageModel):
-        return model.probability_table().float().cpu()
-    logits, _ = model(probe)
-    return torch.softmax(logits.float(), dim=-1).reshape(-1, logits.size(-1)).cpu()
-
-
-def bpe_for_training_split(text: str, vocab_size: int) -> BPETokenizer:
-    """A BPE tokenizer that never saw the validation text.
-
-    The split is by tokens (the first 90% train), as `tinygpt eval --split` makes it, so where
-    validation starts in the text depends on the tokenizer. Learn the merges on the first 90%
-    of the characters: a tokenizer compresses its own training text best, so the token split
-    then lands at or after that point. Should it land earlier, learn again on the text before
-    it, until the validation tokens lie wholly in text the merges were not learned from.
-    """
-    seen = int(TRAIN_FRACTION * len(text))
-    while True:
-        tokenizer = BPETokenizer.train(text[:seen], vocab_size)
-        encoding = tokenizer.hf.encode(text)
-        n_train = int(TRAIN_FRACTION * len(encoding.ids))  # as train_val_split cuts
-        val_start = encoding.offsets[n_train][0]  # character offset of the first val token
-        if val_start >= seen:
-            return tokenizer
-        seen = val_start
-
-
-def rng_key(name: str, index: int) -> str:
-    """Key of generator `index` in the resume state; index 0 keeps the single-process name."""
-    return f"rng.{name}" if index == 0 else f"rng.{name}.{index}"
 
 
 class Trainer:
@@ -298,8 +113,8 @@ class Trainer:
         cfg = self.cfg
         text = load_corpus(cfg.data)
         self.data_sha256 = text_sha256(text)
-        saved = self.read_state() if resume else None
-        self.tokenizer = self.make_tokenizer(text, saved[0] if saved else None)
+        saved = read_state(self.out) if resume else None
+        self.tokenizer = self.make_tokenizer(text, saved)
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         self.train_ids, self.val_ids = train_val_split(ids)
         if len(self.val_ids) < 2:
@@ -307,7 +122,9 @@ class Trainer:
         # Rank 0 draws the single-process initialisation, which DDP copies to the other ranks;
         # their own seeds give each rank different dropout masks.
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.model = build(cfg, self.tokenizer.vocab_size, self.train_ids).to(self.device)
+        model_class = MODEL_CLASSES[cfg.model]
+        self.model = model_class.for_training(cfg, self.tokenizer.vocab_size, self.train_ids)
+        self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.ddp: DistributedDataParallel | None = None
         if self.dist.enabled:
@@ -327,20 +144,15 @@ class Trainer:
         self.probe = self.probe.to(self.device)
         self.previous_distributions: torch.Tensor | None = None
         self.state = TrainState()
-        if cfg.model == "bigram":
-            self.counts = bigram_counts(self.train_ids, self.tokenizer.vocab_size)
-            self.empirical = empirical_table(self.counts)
-            self.bigram_optimum = table_cross_entropy(self.empirical, self.val_ids)
         if self.dist.is_main:
             self.check_output_folder()
         if saved:
-            self.load_state(*saved)
+            self.resume_from(saved)
 
-    def make_tokenizer(self, text: str, meta: dict[str, Any] | None) -> TextTokenizer:
-        if meta is not None and "tokenizer" in meta:
-            # A resumed run keeps its vocabulary (states written before BPE support hold no
-            # tokenizer; they were char, which the text determines).
-            return tokenizer_from_dict(meta["tokenizer"])
+    def make_tokenizer(self, text: str, saved: SavedState | None) -> TextTokenizer:
+        saved_tokenizer = saved.tokenizer() if saved else None
+        if saved_tokenizer is not None:
+            return saved_tokenizer  # a resumed run keeps its vocabulary
         if self.cfg.tokenizer == "char":
             return CharTokenizer.from_text(text)
         # Every rank must hold the same vocabulary: rank 0 learns it, the others receive it.
@@ -350,7 +162,6 @@ class Trainer:
             learned = bpe_for_training_split(text, self.cfg.vocab_size).to_dict()
         return tokenizer_from_dict(broadcast_from_main(learned))
 
-    # -- output folder -------------------------------------------------------------------
     def check_output_folder(self) -> None:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -364,71 +175,33 @@ class Trainer:
             ) from err
 
     # -- resume state --------------------------------------------------------------------
-    def rng_states(self) -> dict[str, torch.Tensor]:
-        """This process's global generators: they draw dropout masks and differ per rank."""
-        states = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(self.device)
-        return states
-
     def save_state(self) -> None:
-        per_rank = gather_from_all(self.rng_states())  # a collective: every rank takes part
+        rng_states_by_rank = gather_from_all(process_rng_states(self.device))  # a collective
         if not self.dist.is_main:
             return
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        optim = self.optimizer.state_dict()
-        for index, slots in optim["state"].items():
-            for name, value in slots.items():
-                tensors[f"optim.{index}.{name}"] = value
-        for rank, states in enumerate(per_rank):
-            for name, value in states.items():
-                tensors[rng_key(name, rank)] = value
-        for slot, generator in enumerate(self.batch_generators):
-            tensors[rng_key("batches", slot)] = generator.get_state()
-        if self.previous_distributions is not None:
-            tensors["drift.previous"] = self.previous_distributions
-        meta = {
-            "config": asdict(self.cfg),
-            "state": asdict(self.state),
-            "tokenizer": self.tokenizer.to_dict(),
-        }
-        # One file for tensors and step counters alike: a kill can never pair one evaluation's
-        # weights with another's counters.
-        state = tensors_to_bytes(tensors, {STATE_META_KEY: json.dumps(meta)})
-        atomic_write_bytes(self.out / STATE_FILE, state)
+        save_state(
+            self.out,
+            cfg=self.cfg,
+            state=self.state,
+            tokenizer=self.tokenizer,
+            model=self.model,
+            optimizer=self.optimizer,
+            rng_states_by_rank=rng_states_by_rank,
+            batch_generators=self.batch_generators,
+            previous_distributions=self.previous_distributions,
+        )
 
-    def read_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """The saved state; every rank reads it, so under torchrun on several machines --out
-        must be on a filesystem they share."""
-        data = read_state_file(self.out)
-        return json.loads(header_metadata(data)[STATE_META_KEY]), load_safetensors(data)
-
-    def load_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        model_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        load_weights(self.model, model_tensors)
-        optim = self.optimizer.state_dict()
-        optim["state"] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                optim["state"].setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict(optim)
-        # A rank the saved run did not have (it ran on fewer processes) keeps its fresh seed:
-        # its dropout masks then differ from an uninterrupted run's, its batches do not.
-        if rng_key("torch", self.dist.rank) in tensors:
-            torch.set_rng_state(tensors[rng_key("torch", self.dist.rank)])
-        if rng_key("cuda", self.dist.rank) in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors[rng_key("cuda", self.dist.rank)], self.device)
-        for slot, generator in enumerate(self.batch_generators):
-            generator.set_state(tensors[rng_key("batches", slot)])
-        self.previous_distributions = tensors.get("drift.previous")
-        self.state = TrainState(**meta["state"])
-        # Evaluations logged after the saved state will be logged again as the run repeats them.
-        log = self.out / LOG_FILE
-        if self.dist.is_main and log.is_file():
-            lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln)["step"] <= self.state.step]
-            atomic_write_bytes(log, "".join(ln + "\n" for ln in kept).encode())
+    def resume_from(self, saved: SavedState) -> None:
+        self.state, self.previous_distributions = restore_state(
+            saved,
+            model=self.model,
+            optimizer=self.optimizer,
+            batch_generators=self.batch_generators,
+            rank=self.dist.rank,
+            device=self.device,
+        )
+        if self.dist.is_main:
+            drop_log_records_after(self.out / LOG_FILE, self.state.step)
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, lr: float) -> dict[str, Any]:
@@ -447,14 +220,11 @@ class Trainer:
         }
         record["gap"] = record["val_loss"] - record["train_loss"]
         if dist_env.is_main:  # the diagnostics below are only ever logged
-            distributions = next_token_distributions(self.model, self.probe)
+            distributions = self.model.next_token_distributions(self.probe)
             if self.previous_distributions is not None:
-                l1 = (distributions - self.previous_distributions).abs().sum(dim=-1)
-                record["drift"] = l1.mean().item()
+                record["drift"] = drift(self.previous_distributions, distributions)
             self.previous_distributions = distributions
-            if isinstance(self.model, BigramLanguageModel):
-                record["table_mae"] = (distributions - self.empirical).abs().mean().item()
-                record["bigram_optimum"] = self.bigram_optimum
+            record.update(self.model.training_diagnostics(self.train_ids, self.val_ids))
         self.model.train()
         return record
 
@@ -481,14 +251,11 @@ class Trainer:
         state.stopped_early = broadcast_from_main(state.stopped_early)
 
     def save_checkpoint(self, model: Model, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        extra: dict[str, Any] = {
+        extra = {
             "data_sha256": self.data_sha256,
             "training": asdict(self.cfg),
+            **model.manifest_extras(self.train_ids),
         }
-        if isinstance(model, BigramLanguageModel) and (
-            model.config.vocab_size <= MAX_VOCAB_FOR_STORED_COUNTS
-        ):
-            extra["bigram_counts"] = self.counts.tolist()
         metrics = {"step": step, **metrics}
         return save_checkpoint(self.out, model, self.tokenizer, metrics, extra)
 
@@ -567,10 +334,7 @@ class Trainer:
             with sync:
                 with autocast_for(self.device):
                     _, loss = train_model(x.to(self.device), y.to(self.device))
-                objective = loss
-                if isinstance(self.model, BigramLanguageModel) and cfg.laplace > 0:
-                    prior_weight = cfg.laplace / len(self.train_ids)
-                    objective = loss - prior_weight * self.model.dirichlet_log_prior()
+                objective = self.model.training_objective(loss, cfg, len(self.train_ids))
                 (objective / self.local_accum).backward()
             total += loss.item()
         return all_sum(total, self.device) / cfg.grad_accum_steps
@@ -606,55 +370,26 @@ class Trainer:
             "vocab_size": self.tokenizer.vocab_size,
             "config": asdict(self.cfg),
         }
-        if isinstance(best, BigramLanguageModel):
-            table = best.probability_table().float().cpu()
-            report["table_mae"] = (table - self.empirical).abs().mean().item()
-            report["bigram_optimum_val_loss"] = self.bigram_optimum
-            report["gap_to_optimum"] = val_full - self.bigram_optimum
+        model_metrics, report_only = best.final_diagnostics(self.train_ids, self.val_ids, val_full)
+        report.update(model_metrics)
+        report.update(report_only)
         metrics = {
-            k: report[k]
-            for k in ("val_loss", "val_loss_sampled", "train_loss_sampled", "train_val_gap")
+            **{
+                k: report[k]
+                for k in ("val_loss", "val_loss_sampled", "train_loss_sampled", "train_val_gap")
+            },
+            **model_metrics,
+            "train_seconds": report["train_seconds"],
         }
-        for key in ("table_mae", "bigram_optimum_val_loss"):
-            if key in report:
-                metrics[key] = report[key]
-        metrics["train_seconds"] = report["train_seconds"]
         self.save_checkpoint(best, self.state.best_step, metrics)
         atomic_write_json(self.out / REPORT_FILE, report)
         draw_training_pictures(self.out)
         return report
 
 
-def config_from_args(args: Any) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
-
-
-def read_state_file(out: str | Path) -> bytes:
-    try:
-        return (Path(out) / STATE_FILE).read_bytes()
-    except FileNotFoundError:
-        raise TrainingError(f"nothing to resume in {out}: no {STATE_FILE}") from None
-
-
-def saved_state_meta(out: str | Path) -> dict[str, Any]:
-    """The settings, counters and tokenizer saved with the last resume state in `out`."""
-    return json.loads(header_metadata(read_state_file(out))[STATE_META_KEY])
-
-
-def resumed_config(out: str, overrides: dict[str, Any]) -> TrainConfig:
-    """A resumed run takes its settings from the saved state; only the device may change."""
-    saved = saved_state_meta(out)["config"]
-    if overrides.get("device"):
-        saved["device"] = overrides["device"]
-    return TrainConfig(**saved)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from models.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a program, this file is the module `__main__`; models.cli, which imports the
+    # trainer as `models.train`, then closes no import cycle.
+    from models.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -10,7 +10,7 @@ from models.bigram import (
     empirical_table,
     table_cross_entropy,
 )
-from models.train import full_pass_loss
+from models.evaluation import full_pass_loss
 
 V = 11
 

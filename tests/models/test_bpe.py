@@ -6,9 +6,10 @@ import torch
 import models.train as train_module
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.cli import main
+from models.config import TrainConfig
 from models.gpt import GPT, GPTConfig
-from models.tokenizer import BPETokenizer, tokenizer_from_dict
-from models.train import LOG_FILE, REPORT_FILE, bpe_for_training_split
+from models.tokenizer import BPETokenizer, bpe_for_training_split, tokenizer_from_dict
+from models.train import LOG_FILE, REPORT_FILE
 
 UNSEEN = "Ünïcødé → 日本語 🎉 ½ \t\r\n\x00 naïve café ẞ 𝔘𝔫𝔦"
 
@@ -123,7 +124,7 @@ def test_vocab_size_needs_bpe_and_room_for_the_bytes(small_corpus, tmp_path, cap
 
 
 def test_resume_keeps_the_learned_vocabulary(small_corpus, tmp_path, monkeypatch):
-    cfg = train_module.TrainConfig(
+    cfg = TrainConfig(
         model="bigram", data=str(small_corpus), out=str(tmp_path), max_steps=20,
         eval_interval=10, eval_iters=2, device="cpu", tokenizer="bpe", vocab_size=300,
     )  # fmt: skip

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from models.cli import main
+from models.config import TrainConfig
 from models.tokenizer import CharTokenizer
-from models.train import TrainConfig, Trainer
+from models.train import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,3 +62,13 @@ def test_console_script_reports_a_missing_corpus_without_a_traceback(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_help_shows_each_models_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--lr LEARNING_RATE peak learning rate (default 0.1 for bigram, 0.001 for gpt)" in (
+        help_text
+    )
+    assert "--n-layer N_LAYER gpt only (default 4)" in help_text

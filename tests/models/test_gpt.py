@@ -27,8 +27,14 @@ def test_shapes_and_loss_near_ln_v_at_init():
 def test_lm_head_is_tied_to_token_embedding():
     model = make()
     assert model.lm_head.weight is model.transformer.wte.weight
-    # counted once
-    assert model.num_parameters() == sum(p.numel() for p in set(model.parameters()))
+    # Both names stay in the state dict, on one storage, which a checkpoint stores once.
+    state = model.state_dict()
+    assert state["lm_head.weight"].data_ptr() == state["transformer.wte.weight"].data_ptr()
+    named = dict(model.named_parameters(remove_duplicate=False))
+    assert named["lm_head.weight"] is named["transformer.wte.weight"]
+    # Counted once: every name's tensor, less the second name of the shared one.
+    every_name = sum(p.numel() for p in named.values())
+    assert model.num_parameters() == every_name - model.transformer.wte.weight.numel()
 
 
 def test_init_follows_the_stated_scheme():

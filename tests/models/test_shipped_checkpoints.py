@@ -8,7 +8,7 @@ import torch
 from models.bigram import bigram_counts, empirical_table, table_cross_entropy
 from models.checkpoint import load_checkpoint
 from models.data import split_named
-from models.train import full_pass_loss
+from models.evaluation import full_pass_loss
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 

@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import load_checkpoint
-from models.train import LOG_FILE, REPORT_FILE, TrainConfig, Trainer, saved_state_meta
+from models.config import TrainConfig
+from models.resume import saved_state_meta
+from models.train import LOG_FILE, REPORT_FILE, Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_GPT = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8)
+# A twentieth of the tokens per step of the bigram's defaults (256 x 64): plenty for these tests.
+SMALL_BIGRAM = dict(block_size=64, batch_size=12)
 
 
 def config(corpus, out, model, **overrides) -> TrainConfig:
@@ -27,8 +31,7 @@ def config(corpus, out, model, **overrides) -> TrainConfig:
         learning_rate=3e-3 if model == "gpt" else 0.1,
         warmup_steps=5,
     )
-    if model == "gpt":
-        base.update(TINY_GPT)
+    base.update(TINY_GPT if model == "gpt" else SMALL_BIGRAM)
     return TrainConfig(**{**base, **overrides})
 
 

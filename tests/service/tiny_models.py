@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import MANIFEST_FILE
-from models.train import TrainConfig, Trainer
+from models.config import TrainConfig
+from models.train import Trainer
 
 BIGRAM_ID = "bigram-tiny"
 GPT_ID = "gpt-tiny"
