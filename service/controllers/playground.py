@@ -3,19 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, Router, get
 from litestar.di import NamedDependency
-from litestar.params import PathParameter
+from litestar.params import Parameter, PathParameter
 from litestar.response import File
 from litestar.static_files import create_static_files_router
 
 from service.controllers import error_responses
+from service.projections import TableWindow
 from service.registry import ModelRegistry
-from service.schemas import BigramTable, EmbeddingProjection
+from service.schemas import (
+    DEFAULT_EMBEDDING_POINTS,
+    MAX_EMBEDDING_POINTS,
+    MAX_TABLE_SIDE,
+    BigramTable,
+    EmbeddingProjection,
+    TokenOrder,
+)
 
 ModelIdPath = Annotated[str, PathParameter(description="id of a loaded model (see GET /v1/models)")]
+# No vocabulary comes near this; it only keeps the numbers in the schema finite.
+MAX_TOKEN_ID = 2**31 - 1
+
+
+def token_position(description: str) -> Any:
+    """A query parameter naming a token (by id or rank): what the model has is checked later.
+    The minimum is written out too: Litestar leaves a bound of 0 out of an optional one."""
+    return Parameter(ge=0, le=MAX_TOKEN_ID, schema_extra={"minimum": 0}, description=description)
+
+
+TableStart = Annotated[
+    int | None,
+    token_position(
+        "rank in `order` of this side's first token (default 0); below the model's vocab_size"
+    ),
+]
+TableSide = Annotated[
+    int,
+    Parameter(
+        ge=1,
+        le=MAX_TABLE_SIDE,
+        description=f"tokens along this side (fewer at the end), at most {MAX_TABLE_SIDE}",
+    ),
+]
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 # The page loads only its own files: the browser refuses anything from another origin.
 PAGE_HEADERS = {
@@ -35,21 +67,56 @@ class PlaygroundController(Controller):
         responses=error_responses(400, 404, 503),
     )
     async def bigram_table(
-        self, model_id: ModelIdPath, registry: NamedDependency[ModelRegistry]
+        self,
+        model_id: ModelIdPath,
+        registry: NamedDependency[ModelRegistry],
+        order: Annotated[
+            TokenOrder | None,
+            Parameter(
+                description="how tokens are ranked along both sides: `id`, or `frequency` "
+                f"(most frequent first); default `id` when the whole table fits "
+                f"({MAX_TABLE_SIDE} tokens or fewer), else `frequency`"
+            ),
+        ] = None,
+        row_start: TableStart = None,
+        col_start: TableStart = None,
+        rows: TableSide = MAX_TABLE_SIDE,
+        cols: TableSide = MAX_TABLE_SIDE,
+        focus: Annotated[
+            int | None,
+            token_position(
+                "a token id: serve the window (of `rows` x `cols`, on the grid of multiples "
+                "of each) that holds it on both sides, instead of `row_start`/`col_start`"
+            ),
+        ] = None,
     ) -> BigramTable:
-        """Give a bigram model's whole table of P(next | current), learned and empirical."""
-        return await registry.bigram_table(model_id)
+        """Give a window of a bigram's table P(next | current), learned and empirical."""
+        window = TableWindow(order, row_start, col_start, rows, cols, focus)
+        return await registry.bigram_table(model_id, window)
 
     @get(
         "/{model_id:str}/embeddings",
         operation_id="tokenEmbeddings",
-        responses=error_responses(404, 503),
+        responses=error_responses(400, 404, 503),
     )
     async def embeddings(
-        self, model_id: ModelIdPath, registry: NamedDependency[ModelRegistry]
+        self,
+        model_id: ModelIdPath,
+        registry: NamedDependency[ModelRegistry],
+        offset: Annotated[
+            int, token_position("token id of the first point; below the model's vocab_size")
+        ] = 0,
+        limit: Annotated[
+            int,
+            Parameter(
+                ge=1,
+                le=MAX_EMBEDDING_POINTS,
+                description=f"points to serve (fewer at the end), at most {MAX_EMBEDDING_POINTS}",
+            ),
+        ] = DEFAULT_EMBEDDING_POINTS,
     ) -> EmbeddingProjection:
-        """Project a model's token vectors onto their first two principal axes (PCA)."""
-        return await registry.embedding_projection(model_id)
+        """Project all token vectors onto their first two principal axes; serve a page of them."""
+        return await registry.embedding_projection(model_id, offset, limit)
 
 
 @get("/", include_in_schema=False, sync_to_thread=False)

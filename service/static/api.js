@@ -52,6 +52,29 @@ async function request(method, path, body, signal) {
 export const getJSON = (path, signal) => request("GET", path, undefined, signal);
 export const postJSON = (path, body, signal) => request("POST", path, body, signal);
 
+// -- the playground's pictures, served a bounded window at a time ------------------------
+
+/** The most tokens along one side of a bigram-table response (the server's MAX_TABLE_SIDE). */
+export const TABLE_SIDE_LIMIT = 256;
+
+/** `?a=1&b=2` of the parameters that are set; "" when none is. */
+function queryString(params) {
+  const set = Object.entries(params).filter(([, value]) => value !== null && value !== undefined);
+  return set.length ? `?${new URLSearchParams(set.map(([k, v]) => [k, String(v)]))}` : "";
+}
+
+/**
+ * A window of a bigram's table P(next | current). `window` may hold `order` ("id" or
+ * "frequency"), `row_start`, `col_start`, `rows`, `cols`, or `focus` (a token id); the answer
+ * says which token ids its rows and columns are, and where the next windows start.
+ */
+export const bigramTable = (modelId, window = {}, signal) =>
+  getJSON(`/v1/models/${encodeURIComponent(modelId)}/bigram-table${queryString(window)}`, signal);
+
+/** A page of the 2-D PCA of a model's token vectors: `page` may hold `offset` and `limit`. */
+export const tokenEmbeddings = (modelId, page = {}, signal) =>
+  getJSON(`/v1/models/${encodeURIComponent(modelId)}/embeddings${queryString(page)}`, signal);
+
 /**
  * Server-sent events from a fetch Response, as `{event, data}` objects.
  *

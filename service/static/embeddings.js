@@ -1,7 +1,8 @@
 // Embedding view: the token vectors' 2-D PCA projection as a labelled scatter plot, with the
-// neighbours of a clicked token and an analogy box.
+// neighbours of a clicked token and an analogy box. A large vocabulary comes a page of points
+// at a time (the PCA is fitted on all of it), and "show more" adds the next page.
 
-import { el, getJSON, postJSON, readToken, showError, showToken } from "./api.js";
+import { el, postJSON, readToken, showError, showToken, tokenEmbeddings } from "./api.js";
 
 const KINDS = [
   ["lower", /^\s*\p{Ll}/u, "#2563eb", "lowercase"],
@@ -32,11 +33,14 @@ export class EmbeddingView {
     this.resultsTitle = document.getElementById("neighbours-title");
     this.analogyResults = document.getElementById("analogy-results");
     this.analogyError = document.getElementById("analogy-error");
-    this.projections = new Map(); // model id -> projection
+    this.projections = new Map(); // model id -> projection, with the points of the pages fetched
     this.projection = null;
     this.selected = []; // ids drawn as the query
     this.found = []; // ids drawn as its neighbours
-    this.positions = [];
+    this.positions = []; // of each point, in the order of projection.points
+    this.index = new Map(); // token id -> its place in projection.points
+    this.more = el("button", { type: "button", class: "inline", id: "embed-more", text: "Show more points", hidden: true, onclick: () => this.showMore() });
+    this.caption.after(this.more);
 
     document.getElementById("neighbour-form").addEventListener("submit", (event) => {
       event.preventDefault();
@@ -54,7 +58,7 @@ export class EmbeddingView {
     this.canvas.addEventListener("mouseleave", () => (this.tooltip.hidden = true));
     new ResizeObserver(() => this.projection && !this.panel.hidden && this.draw()).observe(this.wrap);
     // The browser tests click tokens by id.
-    this.canvas.pointPosition = (id) => this.positions[id];
+    this.canvas.pointPosition = (id) => this.positions[this.index.get(id)];
     this.legend();
   }
 
@@ -73,8 +77,10 @@ export class EmbeddingView {
     if (!model || this.panel.hidden) return;
     if (!this.projections.has(model.id)) {
       this.caption.textContent = "Projecting the token vectors…";
+      this.more.hidden = true;
       try {
-        this.projections.set(model.id, await getJSON(`/v1/models/${encodeURIComponent(model.id)}/embeddings`));
+        const first = await tokenEmbeddings(model.id);
+        this.projections.set(model.id, { ...first, pageSize: first.points.length });
       } catch (err) {
         this.caption.textContent = "";
         showError(this.error, err.message);
@@ -86,22 +92,61 @@ export class EmbeddingView {
     const projection = this.projections.get(model.id);
     if (this.projection !== projection) {
       this.projection = projection;
-      this.ids = new Map(projection.points.map((p) => [p.token, p.id]));
+      this.indexPoints();
       this.selected = [];
       this.found = [];
       this.results.replaceChildren();
       this.analogyResults.replaceChildren();
       this.resultsTitle.textContent = "Neighbours";
       showError(this.analogyError, "");
-      const [x, y] = projection.explained_variance.map((v) => `${(v * 100).toFixed(1)}%`);
-      const what = model.kind === "bigram" ? "rows of the bigram table" : "token embeddings";
-      this.caption.textContent =
-        `PCA of the ${projection.points.length} ${what} of ${model.id}: ` +
-        `the x axis holds ${x} of their variance, the y axis ${y}. Click a token for its neighbours.`;
+      this.describe(model);
     }
     this.body.hidden = false;
     this.draw();
     this.canvas.dataset.model = model.id;
+  }
+
+  indexPoints() {
+    const points = this.projection.points;
+    this.ids = new Map(points.map((p) => [p.token, p.id]));
+    this.index = new Map(points.map((p, i) => [p.id, i]));
+  }
+
+  describe(model) {
+    const { points, total, explained_variance: share, next_offset: next } = this.projection;
+    const [x, y] = share.map((v) => `${(v * 100).toFixed(1)}%`);
+    const what = model.kind === "bigram" ? "rows of the bigram table" : "token embeddings";
+    const shown = points.length === total
+      ? `the ${total.toLocaleString("en")} ${what}`
+      : `${points.length.toLocaleString("en")} of the ${total.toLocaleString("en")} ${what} ` +
+        `(token ids 0 to ${(points.length - 1).toLocaleString("en")}; the axes are fitted on all)`;
+    this.caption.textContent =
+      `PCA of ${shown} of ${model.id}: ` +
+      `the x axis holds ${x} of their variance, the y axis ${y}. Click a token for its neighbours.`;
+    this.more.hidden = next === null;
+    const left = total - points.length;
+    this.more.textContent = `Show ${Math.min(left, this.projection.pageSize).toLocaleString("en")} more`;
+  }
+
+  /** Add the next page of points to the plot: the same axes, so they land where they belong. */
+  async showMore() {
+    const model = this.app.model();
+    const projection = this.projection;
+    if (!model || !projection || projection.next_offset === null) return;
+    this.more.disabled = true;
+    try {
+      const page = await tokenEmbeddings(model.id, { offset: projection.next_offset, limit: projection.pageSize });
+      projection.points = projection.points.concat(page.points);
+      projection.next_offset = page.next_offset;
+      if (this.projection !== projection) return;
+      this.indexPoints();
+      this.describe(model);
+      this.draw();
+    } catch (err) {
+      showError(this.error, err.message);
+    } finally {
+      this.more.disabled = false;
+    }
   }
 
   draw() {
@@ -145,7 +190,11 @@ export class EmbeddingView {
     ctx.textBaseline = "top";
     ctx.fillText("↑ PC 2", left + (0 - x0) * scale + 4, 4);
 
-    const emphasised = new Set([...this.selected, ...this.found]);
+    // The query and its neighbours, as places in `points` (a neighbour on a page not fetched
+    // is listed, not drawn).
+    const place = (ids) => ids.map((id) => this.index.get(id)).filter((i) => i !== undefined);
+    const [selected, found] = [place(this.selected), place(this.found)];
+    const emphasised = new Set([...selected, ...found]);
     const dim = emphasised.size > 0;
     // Past a few hundred tokens the labels would only hide each other: hover shows them.
     const labelled = points.length <= 400;
@@ -168,8 +217,8 @@ export class EmbeddingView {
     });
     ctx.globalAlpha = 1;
     // The query and its neighbours on top, joined by lines.
-    for (const anchor of this.lines ? this.selected : []) {
-      for (const hit of this.found) {
+    for (const anchor of this.lines ? selected : []) {
+      for (const hit of found) {
         ctx.strokeStyle = "rgba(255, 77, 109, 0.45)";
         ctx.beginPath();
         ctx.moveTo(this.positions[anchor].x, this.positions[anchor].y);
@@ -178,10 +227,10 @@ export class EmbeddingView {
       }
     }
     // Neighbours first, the query last: its label stays readable.
-    const order = [...this.found.filter((i) => !this.selected.includes(i)), ...this.selected];
+    const order = [...found.filter((i) => !selected.includes(i)), ...selected];
     for (const i of order) {
       const { x, y } = this.positions[i];
-      const query = this.selected.includes(i);
+      const query = selected.includes(i);
       ctx.fillStyle = query ? "#e11d48" : "#111827";
       ctx.beginPath();
       ctx.arc(x, y, query ? 5 : 4, 0, 2 * Math.PI);
@@ -216,7 +265,7 @@ export class EmbeddingView {
       this.tooltip.hidden = true;
       return;
     }
-    const { x, y } = this.positions[point.id];
+    const { x, y } = this.positions[this.index.get(point.id)];
     this.tooltip.textContent = `${showToken(point.token)} (id ${point.id})`;
     this.tooltip.hidden = false;
     const left = Math.min(this.canvas.offsetLeft + x + 12, this.wrap.clientWidth - this.tooltip.offsetWidth - 4);

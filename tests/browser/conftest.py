@@ -1,4 +1,5 @@
-"""Debian's Chromium, driven by Playwright, against a real `tinygpt serve` of the shipped models.
+"""Debian's Chromium, driven by Playwright, against a real `tinygpt serve` of the shipped models
+(and one of a bigram over 4,140 tokens, whose table is far larger than one response).
 
 Chromium is the system one (`make test` installs it with apt); Playwright's own browser
 downloads are never used. Every page records its console errors, uncaught exceptions and the
@@ -16,11 +17,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.browser.pages import LARGE_BIGRAM
 from tests.integration.conftest import (
     REPO,
     Server,
     running_server,
 )
+from tests.service.test_playground_api import LARGE_VOCAB, save_wide_bigram
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -67,8 +70,23 @@ def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
 
 
 @pytest.fixture(scope="session")
+def large_vocab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`tinygpt serve` of one bigram over 4,140 CJK characters (made here, not trained)."""
+    workdir = tmp_path_factory.mktemp("browser-large-vocab")
+    save_wide_bigram(workdir / "checkpoints" / LARGE_BIGRAM, LARGE_VOCAB)
+    with running_server(workdir / "checkpoints", workdir, "--device", "cpu") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def api(shipped_server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=shipped_server.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def large_vocab_api(large_vocab_server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=large_vocab_server.url, timeout=60) as client:
         yield client
 
 
@@ -133,16 +151,38 @@ def page_log() -> PageLog:
     return PageLog()
 
 
-@pytest.fixture
-def page(browser_context, page_log: PageLog, shipped_server: Server):
+def open_playground(browser_context, page_log: PageLog, server: Server) -> Iterator:
     """The playground, loaded and ready (models listed); fails the test on console errors."""
     page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
     watch(page, page_log)
-    page.goto(shipped_server.url + "/")
+    page.goto(server.url + "/")
     page.wait_for_selector("body[data-ready]")
     yield page
     problems = page_log.problems()
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def page(browser_context, page_log: PageLog, shipped_server: Server):
+    """The playground of the shipped models."""
+    yield from open_playground(browser_context, page_log, shipped_server)
+
+
+@pytest.fixture
+def large_vocab_page(browser_context, page_log: PageLog, large_vocab_server: Server):
+    """The playground of the 4,140-token bigram. Its next-token view asks at once about the
+    default prompt, whose Latin letters this vocabulary lacks: that 400, shown in the view,
+    is the one console error expected."""
+    opened = open_playground(browser_context, page_log, large_vocab_server)
+    page = next(opened)
+    page.wait_for_selector("#next-error:not([hidden])")
+    assert "is not valid for model" in page.text_content("#next-error")
+    refused = "the server responded with a status of 400"
+    page.wait_for_function("() => true")  # a round trip: the console event has arrived
+    assert [refused in text for text in page_log.console_errors] == [True], page_log
+    page_log.console_errors.clear()
+    yield page
+    yield from opened  # its checks on the way out
 
 
 def watch(page, log: PageLog) -> None:

@@ -10,7 +10,19 @@ import json
 
 import pytest
 
-from tests.browser.pages import BIGRAM, GPT, bars, pick_model, shot, visible, wait_for_bars
+from tests.browser.pages import (
+    BIGRAM,
+    GPT,
+    LARGE_BIGRAM,
+    bars,
+    hover_cell,
+    pick_model,
+    readout,
+    shot,
+    visible,
+    wait_for_bars,
+    wait_for_window,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -138,22 +150,19 @@ def test_bigram_heatmap_hover_and_arrow_keys_show_p_j_given_i(page, api, artifac
     assert page.input_value("#model") == BIGRAM
     page.wait_for_selector("#heatmap[data-model='bigram-char']")
 
+    # 65 tokens fit one response: the whole table, in token id order, with no window controls.
     table = api.get(f"/v1/models/{BIGRAM}/bigram-table").json()
-    tokens = table["tokens"]
+    tokens = table["rows"]["tokens"]
+    assert table["cols"]["tokens"] == tokens and len(tokens) == table["vocab_size"]
+    assert page.is_hidden("#table-window")
     i, j = tokens.index("q"), tokens.index("u")
-    center = page.evaluate(
-        "([i, j]) => document.getElementById('heatmap').cellCenter(i, j)", [i, j]
-    )
-    page.locator("#heatmap").hover(position=center)  # scrolls it into view first
+    hover_cell(page, i, j)
 
-    def readout() -> tuple[int, int, float, float]:
-        data = page.eval_on_selector("#heatmap-readout", "e => ({...e.dataset})")
-        return int(data["row"]), int(data["col"]), float(data["prob"]), float(data["empirical"])
-
-    row, col, prob, empirical = readout()
-    assert (row, col) == (i, j)
+    cell = readout(page)
+    assert (cell["row"], cell["col"]) == (i, j) == (cell["row_id"], cell["col_id"])
+    prob = cell["prob"]
     assert prob == pytest.approx(table["probs"][i][j], rel=1e-12) and prob > 0.5  # u after q
-    assert empirical == pytest.approx(table["empirical"][i][j], rel=1e-12)
+    assert cell["empirical"] == pytest.approx(table["empirical"][i][j], rel=1e-12)
     assert page.text_content("#heatmap-readout").startswith("P(next = u | current = q) = ")
     assert page.is_visible("#heatmap-tooltip")
     assert page.text_content("#heatmap-tooltip").startswith("P(u | q) = ")
@@ -162,11 +171,104 @@ def test_bigram_heatmap_hover_and_arrow_keys_show_p_j_given_i(page, api, artifac
     page.focus("#heatmap")
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowDown")
-    row, col, prob, _ = readout()
-    assert (row, col) == (i + 1, j + 1)
-    assert prob == pytest.approx(table["probs"][i + 1][j + 1], rel=1e-12)
+    cell = readout(page)
+    assert (cell["row"], cell["col"]) == (i + 1, j + 1)
+    assert cell["prob"] == pytest.approx(table["probs"][i + 1][j + 1], rel=1e-12)
     expected = f"P(next = {visible(tokens[j + 1])} | current = {visible(tokens[i + 1])})"
     assert page.text_content("#heatmap-readout").startswith(expected)
+
+
+def test_a_4140_token_heatmap_draws_a_window_that_pages_and_finds_tokens(
+    large_vocab_page, large_vocab_api, artifacts
+):
+    page, api = large_vocab_page, large_vocab_api
+    assert page.input_value("#model") == LARGE_BIGRAM
+    page.click("#tab-table")
+    page.wait_for_selector(f"#heatmap[data-model='{LARGE_BIGRAM}']")
+    assert page.is_visible("#table-window") and page.input_value("#table-order") == "frequency"
+    path = f"/v1/models/{LARGE_BIGRAM}/bigram-table?order=frequency&rows=64&cols=64"
+
+    def window(row_start: int, col_start: int) -> dict:
+        table = api.get(f"{path}&row_start={row_start}&col_start={col_start}").json()
+        assert len(table["rows"]["ids"]) == len(table["cols"]["ids"]) == 64
+        return table
+
+    def check(cell: dict, table: dict) -> None:
+        i, j = cell["row"], cell["col"]
+        rows, cols = table["rows"], table["cols"]
+        assert (cell["row_id"], cell["col_id"]) == (rows["ids"][i], cols["ids"][j])
+        assert cell["prob"] == pytest.approx(table["probs"][i][j], rel=1e-12)
+        assert cell["empirical"] is None  # too many tokens for the trainer to keep counts
+        current, following = rows["tokens"][i], cols["tokens"][j]
+        assert page.text_content("#heatmap-readout").startswith(
+            f"P(next = {following} | current = {current}) = "
+        )
+
+    # The 64 most frequent tokens by 64; hover shows the API's P(j | i).
+    top = window(0, 0)
+    hover_cell(page, 5, 7)
+    cell = readout(page)
+    assert (cell["row"], cell["col"]) == (5, 7)
+    check(cell, top)
+    tip = f"P({top['cols']['tokens'][7]} | {top['rows']['tokens'][5]}) = "
+    assert page.is_visible("#heatmap-tooltip")
+    assert page.text_content("#heatmap-tooltip").startswith(tip)
+    assert "4,140 tokens, most frequent first" in page.text_content("#table-window-summary")
+    shot(page, artifacts, "bigram-table-large.png")
+
+    # The arrow keys move within the window, and on into the next one past its edge.
+    page.focus("#heatmap")
+    page.keyboard.press("End")
+    assert readout(page)["col"] == 63
+    page.keyboard.press("ArrowRight")
+    wait_for_window(page, 0, 64)
+    cell = readout(page)
+    assert (cell["row"], cell["col"]) == (5, 0)
+    check(cell, window(0, 64))
+    page.keyboard.press("ArrowLeft")  # and back
+    wait_for_window(page, 0, 0)
+    assert (readout(page)["row"], readout(page)["col"]) == (5, 63)
+
+    # The buttons page the rows.
+    page.click("button[aria-label='Next rows']")
+    wait_for_window(page, 64, 0)
+    hover_cell(page, 0, 0)
+    check(readout(page), window(64, 0))
+
+    # A token found by its text: the window that holds it, the cursor on it.
+    ranked = api.get(f"{path}&row_start=256&cols=1").json()["rows"]
+    token, token_id = ranked["tokens"][44], ranked["ids"][44]  # rank 300
+    page.fill("#table-find-token", token)
+    page.click("#table-find button[type=submit]")
+    wait_for_window(page, 256, 256)
+    cell = readout(page)
+    assert (cell["row_id"], cell["col_id"]) == (token_id, token_id)
+    assert (cell["row"], cell["col"]) == (44, 44)
+    check(cell, window(256, 256))
+
+
+def test_a_4140_token_embedding_map_shows_a_page_and_then_more(large_vocab_page, large_vocab_api):
+    page, api = large_vocab_page, large_vocab_api
+    page.click("#tab-embed")
+    page.wait_for_selector(f"#scatter[data-model='{LARGE_BIGRAM}']")
+    first = api.get(f"/v1/models/{LARGE_BIGRAM}/embeddings").json()
+    assert len(first["points"]) == 2048 and first["total"] == 4140
+    assert "2,048 of the 4,140 rows of the bigram table" in page.text_content("#embed-caption")
+    assert page.evaluate("document.getElementById('scatter').pointPosition(3000)") is None
+    page.click("#embed-more")
+    caption = "() => document.getElementById('embed-caption').textContent.includes('4,096 of')"
+    page.wait_for_function(caption)
+    assert page.text_content("#embed-more") == "Show 44 more"
+    # A point of the second page is drawn and can be clicked for its neighbours.
+    token = chr(0x4E00 + 3000)
+    at = page.evaluate("document.getElementById('scatter').pointPosition(3000)")
+    page.locator("#scatter").click(position=at)
+    page.wait_for_selector("#neighbours li")
+    assert page.input_value("#neighbour-token") == token
+    body = {"model": LARGE_BIGRAM, "token": token, "k": 8, "metric": "cosine"}
+    expected = api.post("/v1/neighbours", json=body).json()["neighbours"]
+    listed = page.eval_on_selector_all("#neighbours li", "els => els.map(e => e.dataset.token)")
+    assert listed == [n["token"] for n in expected]
 
 
 # -- embedding view -----------------------------------------------------------------------
