@@ -35,6 +35,12 @@ def penalize_repetition(
     return torch.where(logits > 0, logits / factor, logits * factor)
 
 
+# A smaller temperature than this (other than 0) is taken as this: dividing float32 logits by
+# it could overflow them to inf and the softmax to NaN, or round it to 0 in float32. Sampling
+# at this temperature is already greedy for any logits a model produces.
+MIN_TEMPERATURE = 1e-6
+
+
 def scale_by_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """logits (B, V) / temperature (B,) as float32; rows with temperature 0 (greedy) are left
     as they are, since their probabilities are not used."""
@@ -67,29 +73,13 @@ def removed_by_filters(
     return torch.zeros_like(remove).scatter_(-1, order, remove)
 
 
-def filtered_probs(
-    logits: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    min_p: torch.Tensor,
-) -> torch.Tensor:
-    """Probabilities after temperature, top-k, top-p and min-p, one setting per row.
-
-    logits (B, V); temperature, top_p, min_p (B,) floats; top_k (B,) ints with 0 meaning off.
-    Rows with temperature 0 are left for the caller to take greedily (their probs are unused).
-    """
-    scaled = scale_by_temperature(logits, temperature)
-    removed = removed_by_filters(scaled, top_k, top_p, min_p)
-    return F.softmax(scaled.masked_fill(removed, float("-inf")), dim=-1)
-
-
 def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
     """Inverse-CDF sampling: one uniform from each row's own generator. Returns (B,) ids.
 
-    Rows need not sum to 1: the uniform is scaled by each row's total."""
-    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+    Rows need not sum to 1: the uniform is scaled by each row's total. The uniforms are
+    drawn after the work that can fail, so a failed call leaves every generator as it was."""
     cdf = probs.double().cumsum(dim=-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
     u = u.to(probs.device) * cdf[:, -1]
     ids = torch.searchsorted(cdf, u[:, None]).squeeze(-1)
     return ids.clamp_(max=probs.size(-1) - 1)
@@ -117,8 +107,11 @@ class BatchParams:
         def column(values: list, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device)
 
+        temperatures = [
+            max(p.temperature, MIN_TEMPERATURE) if p.temperature else 0.0 for p in params
+        ]
         return cls(
-            temperature=column([p.temperature for p in params], torch.float32),
+            temperature=column(temperatures, torch.float32),
             top_k=column([p.top_k or 0 for p in params], torch.long),
             top_p=column([p.top_p for p in params], torch.float32),
             min_p=column([p.min_p for p in params], torch.float32),

@@ -32,6 +32,7 @@ from service.controllers.playground import (
 from service.controllers.tokenization import TokenizationController
 from service.decoding import StrictJSONRequest
 from service.errors import EXCEPTION_HANDLERS
+from service.limits import Admission
 from service.metrics import MetricsController
 from service.openapi import ClosedRequestSchemaPlugin
 from service.registry import ModelRegistry
@@ -68,6 +69,10 @@ def provide_settings(state: State) -> Settings:
     return state.settings
 
 
+def provide_admission(state: State) -> Admission:
+    return state.admission
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the application; `settings` default to the `TINYGPT_*` environment."""
     settings = settings or Settings.from_env()
@@ -92,10 +97,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             MetricsController,
             AdminController,
         ],
-        state=State({"settings": settings, "registry": ModelRegistry(settings)}),
+        state=State(
+            {
+                "settings": settings,
+                "registry": ModelRegistry(settings),
+                "admission": Admission(settings),
+            }
+        ),
         dependencies={
             "registry": Provide(provide_registry, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
+            "admission": Provide(provide_admission, sync_to_thread=False),
         },
         lifespan=[loaded_models],
         plugins=[ClosedRequestSchemaPlugin()],

@@ -18,6 +18,8 @@ from service.exceptions import InvalidRequestError
 
 # msgspec's "<problem> - at `$.path[0].to`"; the path is absent for errors at the top level.
 ERROR_AT = re.compile(r"(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.DOTALL)
+# No request body nests deeper than a few levels; this bounds the work a body can ask for.
+MAX_DEPTH = 32
 NAMED_FIELD = re.compile(
     r"Object (?P<what>contains unknown|missing required) field `(?P<name>[^`]+)`"
 )
@@ -41,6 +43,11 @@ class StrictJSONRequest(Request):
         try:
             parsed = msgspec.json.decode(await self.body())
             return msgspec.convert(integral_floats_as_ints(parsed), data_field.annotation)
+        except (RecursionError, TooDeepError):
+            raise InvalidRequestError(
+                f"the request body nests arrays or objects more than {MAX_DEPTH} levels deep; "
+                "send the flat JSON object the schema at /docs describes"
+            ) from None
         except msgspec.ValidationError as err:
             raise validation_error(str(err), data_field.annotation) from None
         except msgspec.DecodeError as err:
@@ -49,16 +56,22 @@ class StrictJSONRequest(Request):
             ) from None
 
 
-def integral_floats_as_ints(value: Any) -> Any:
+class TooDeepError(ValueError):
+    """A body nested deeper than MAX_DEPTH."""
+
+
+def integral_floats_as_ints(value: Any, depth: int = 0) -> Any:
     """JSON has numbers, not ints and floats: `5.0` is the integer 5 to JSON Schema (and to
     JavaScript clients), so it must pass where the schema says `integer`. Ints still pass
     where it says `number`; `5.5` and `"5"` are still refused for an integer."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(value, dict | list) and depth >= MAX_DEPTH:
+        raise TooDeepError
     if isinstance(value, dict):
-        return {key: integral_floats_as_ints(item) for key, item in value.items()}
+        return {key: integral_floats_as_ints(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [integral_floats_as_ints(item) for item in value]
+        return [integral_floats_as_ints(item, depth + 1) for item in value]
     return value
 
 

@@ -19,12 +19,15 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ExceptionHandlersMap
 
 from service.exceptions import (
+    ClientBusyError,
+    GenerationFailedError,
     GenerationTimeoutError,
     InvalidRequestError,
     NotReadyError,
@@ -50,11 +53,26 @@ ERROR_TYPES = {
     504: "timeout",
 }
 
+# What each error status means, for the OpenAPI document.
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request; `error.param` names the field at fault",
+    401: "Missing or unknown API key (`Authorization: Bearer <key>`)",
+    403: "The key may not use this endpoint, or the endpoint is switched off",
+    404: "Unknown model; the message lists the loaded ones",
+    413: "The request body is larger than the server's limit (64 KiB)",
+    429: "Too many requests, or too many sequences generating for this client (`Retry-After`)",
+    500: "Generation failed on the server's side; the message says what failed",
+    503: "The models are still loading, or the model's queue is full (see `Retry-After`)",
+    504: "The request timeout (TINYGPT_REQUEST_TIMEOUT) passed before any token was generated",
+}
+
 SERVICE_ERROR_STATUS: dict[type[ServiceError], int] = {
     InvalidRequestError: HTTP_400_BAD_REQUEST,
     UnknownModelError: HTTP_404_NOT_FOUND,
     NotReadyError: HTTP_503_SERVICE_UNAVAILABLE,
     OverloadedError: HTTP_503_SERVICE_UNAVAILABLE,
+    ClientBusyError: HTTP_429_TOO_MANY_REQUESTS,
+    GenerationFailedError: HTTP_500_INTERNAL_SERVER_ERROR,
     GenerationTimeoutError: 504,
 }
 
@@ -76,9 +94,12 @@ def service_error_handler(_: Request, exc: ServiceError) -> Response[ErrorRespon
     status_code = next(
         status for error, status in SERVICE_ERROR_STATUS.items() if isinstance(exc, error)
     )
-    if isinstance(exc, OverloadedError):
+    if isinstance(exc, OverloadedError | ClientBusyError):
         headers = {"retry-after": str(exc.retry_after_seconds)}
-        return error_response(status_code, exc.message, exc.param, headers, "overloaded")
+        kind = "overloaded" if isinstance(exc, OverloadedError) else "too_many_sequences"
+        return error_response(status_code, exc.message, exc.param, headers, kind)
+    if isinstance(exc, GenerationFailedError):
+        return error_response(status_code, exc.message, exc.param, error_type="generation_failed")
     return error_response(status_code, exc.message, exc.param)
 
 

@@ -30,6 +30,17 @@ class OverloadedError(ServiceError):
     retry_after_seconds = 1
 
 
+class ClientBusyError(ServiceError):
+    """The client already has as many sequences generating as it may: retry when some end."""
+
+    retry_after_seconds = 1
+
+
+class GenerationFailedError(ServiceError):
+    """Generation failed on the server's side (the model or the device, or this request's
+    own work); the message says what failed."""
+
+
 class GenerationTimeoutError(ServiceError):
     """The request timeout passed before the generation produced any token."""
 

@@ -8,7 +8,7 @@ from litestar import Response, get
 from litestar.plugins.prometheus import PrometheusController
 from prometheus_client import REGISTRY, Counter
 
-from service.engine_metrics import EngineCollector, EngineMetrics
+from service.engine.metrics import EngineCollector, EngineMetrics
 
 GENERATED_TOKENS = Counter(
     "tinygpt_generated_tokens_total", "Tokens returned by /v1/generate", ["model"]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -22,36 +23,23 @@ import torch.nn.functional as F
 from models.bigram import empirical_table
 from models.checkpoint import MANIFEST_FILE, Checkpoint, Model, ModelKind, load_checkpoint
 from models.device import resolve_device
-from models.sampling import SamplingParams
 from models.tokenizer import UnknownCharacterError
 from service import projections
-from service.deadline import Deadline
-from service.engine import (
-    LOGPROB_FLOOR,
-    Completion,
-    Engine,
-    EngineClosedError,
-    EngineConfig,
-    GenerationRequest,
-    QueueFullError,
-    Stream,
-)
-from service.engine_metrics import EngineMetrics
+from service.engine import LOGPROB_FLOOR, Engine, EngineConfig
+from service.engine.metrics import EngineMetrics
 from service.exceptions import (
     InvalidRequestError,
     NoModelsLoadedError,
     NotReadyError,
-    OverloadedError,
     UnknownModelError,
 )
+from service.limits import check_text_length
 from service.metrics import ENGINE_SOURCES
 from service.schemas import (
     BigramTable,
     DetokenizeRequest,
     DetokenizeResponse,
     EmbeddingProjection,
-    GenerateRequest,
-    GenerateResponse,
     ModelInfo,
     Neighbour,
     NeighbourQuery,
@@ -62,13 +50,13 @@ from service.schemas import (
     TokenizeRequest,
     TokenizeResponse,
     TokenProbability,
-    Usage,
 )
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+KEEPS_SERVING = "; the loaded version keeps serving"
 
 
 class Tokenizer(Protocol):
@@ -130,6 +118,10 @@ class LoadedModel:
             raise InvalidRequestError(
                 f"`{param}` is not valid for model {self.id!r}: {err}", param=param
             ) from None
+
+    def prompt_ids(self, prompt: str, param: str = "prompt") -> list[int]:
+        """Token ids to generate after: those of `prompt`, or the start token if it is empty."""
+        return self.encode(prompt, param) or [self.tokenizer.start_id]
 
     def token_id(self, token: str, param: str) -> int:
         """The id of `token`, which must be exactly one token of this model. A subword
@@ -208,7 +200,7 @@ def prepare_model(
         device=device,
         unit_vectors=F.normalize(vectors, dim=1),
         empirical=empirical,
-        engine=Engine.from_checkpoint(checkpoint, engine_config),
+        engine=Engine(checkpoint.model, checkpoint.tokenizer, engine_config),
     )
 
 
@@ -217,8 +209,19 @@ def run_in_inference_mode(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
 
+@dataclass
+class Scan:
+    """What one pass over the checkpoint folders found."""
+
+    fresh: dict[str, LoadedModel] = field(default_factory=dict)  # new or changed, engine started
+    refused: dict[str, str] = field(default_factory=dict)  # folder name -> why
+    unchanged: list[str] = field(default_factory=list)
+
+
 class ModelRegistry:
-    """Loads every checkpoint folder under `settings.checkpoints` and serves model requests."""
+    """The models served: every checkpoint folder under `settings.checkpoints`, each with its
+    engine. Loading, reloading and unloading take turns (one lock), so two reloads never
+    interleave and every engine that stops being served is stopped."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -226,6 +229,8 @@ class ModelRegistry:
         self._limiter: anyio.CapacityLimiter | None = None
         # Computed on first request, per model id: the token vectors never change once loaded.
         self._projections: dict[str, EmbeddingProjection] = {}
+        self.lifecycle = anyio.Lock()
+        self.retired: list[Engine] = []  # replaced by a reload: finishing their requests
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -240,16 +245,52 @@ class ModelRegistry:
     async def load(self) -> None:
         """Load every checkpoint off the event loop; refuses (raises) when none loads."""
         self._limiter = anyio.CapacityLimiter(self.settings.worker_threads)
-        self._models = await anyio.to_thread.run_sync(self.load_all)
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        async with self.lifecycle:
+            scan = await anyio.to_thread.run_sync(self.scan, {})
+            if not scan.fresh:
+                raise NoModelsLoadedError(
+                    f"no checkpoint under {self.settings.checkpoints} could be loaded: "
+                    + "; ".join(f"{name}: {why}" for name, why in scan.refused.items())
+                )
+            self._models = scan.fresh
         ENGINE_SOURCES.add(id(self), self.engine_metrics)
 
+    async def reload(self) -> Scan:
+        """Load every folder anew and swap in the models whose checkpoint verified and
+        changed; the engines they replace finish what they run, in a thread, then stop.
+        A folder that fails to load (or is gone) leaves its loaded version serving."""
+        async with self.lifecycle:
+            current = self.loaded_models()
+            scan = await anyio.to_thread.run_sync(self.scan, current)
+            # One assignment: a request looks its model up once, so it sees the old or the new.
+            self._models = {**current, **scan.fresh}
+            for model_id in scan.fresh:
+                self._projections.pop(model_id, None)
+            self.retire([current[m].engine for m in scan.fresh if m in current])
+        return scan
+
+    def retire(self, engines: list[Engine]) -> None:
+        self.retired = [e for e in self.retired if e.running] + engines
+        for engine in engines:
+            threading.Thread(
+                target=engine.stop,
+                kwargs={"drain": True, "timeout": self.settings.request_timeout + 5},
+                name="reload-drain",
+                daemon=True,
+            ).start()
+
     async def unload(self) -> None:
-        """Stop every engine (cancelling what is still generating) and forget the models."""
-        ENGINE_SOURCES.remove(id(self))
-        models, self._models = self._models, {}
-        self._projections = {}
-        for model in models.values():
-            await anyio.to_thread.run_sync(model.engine.stop)
+        """Stop every engine, retired ones too (cancelling what is still generating), and
+        forget the models."""
+        async with self.lifecycle:
+            ENGINE_SOURCES.remove(id(self))
+            models, self._models = self._models, {}
+            self._projections = {}
+            for engine in [*(m.engine for m in models.values()), *self.retired]:
+                await anyio.to_thread.run_sync(engine.stop)
+            self.retired = []
 
     def engine_metrics(self) -> dict[str, EngineMetrics]:
         return {model_id: model.engine.metrics for model_id, model in self._models.items()}
@@ -261,31 +302,33 @@ class ModelRegistry:
             compile_decode=self.settings.compile_decode,
         )
 
-    def load_all(self) -> dict[str, LoadedModel]:
+    def scan(self, current: dict[str, LoadedModel]) -> Scan:
+        """Blocking: load and verify every folder (`load_checkpoint` checks the weights'
+        hashes) and start an engine for each one that is new or changed from `current`."""
         device = resolve_device(self.settings.device)
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
-        log.info(
-            "loading checkpoints from %s onto %s (device=%s)",
-            self.settings.checkpoints,
-            device,
-            self.settings.device,
-        )
-        loaded: dict[str, LoadedModel] = {}
-        failures: list[str] = []
-        for folder in checkpoint_folders(self.settings.checkpoints):
+        log.info("loading checkpoints from %s onto %s", self.settings.checkpoints, device)
+        folders = checkpoint_folders(self.settings.checkpoints)
+        scan = Scan()
+        for model_id in sorted(current.keys() - {folder.name for folder in folders}):
+            scan.refused[model_id] = "its checkpoint folder is gone" + KEEPS_SERVING
+        for folder in folders:
             try:
                 # The weights stay ordinary tensors, usable outside inference mode too.
                 checkpoint = load_checkpoint(folder, device)
+                old = current.get(folder.name)
+                if old is not None and old.checkpoint.manifest == checkpoint.manifest:
+                    scan.unchanged.append(folder.name)
+                    continue
                 with torch.inference_mode():
                     model = prepare_model(folder.name, checkpoint, device, self.engine_config())
                 model.engine.start()
             # One bad folder must not take the others down: whatever the reason, log it.
             except Exception as err:
-                failures.append(f"{folder.name}: {err}")
+                keeps = KEEPS_SERVING if folder.name in current else ""
+                scan.refused[folder.name] = f"{err}{keeps}"
                 log.error("skipping checkpoint %s: %s", folder, err)
             else:
-                loaded[model.id] = model
+                scan.fresh[model.id] = model
                 log.info(
                     "loaded model %s (%s, %d parameters) on %s",
                     model.id,
@@ -293,12 +336,7 @@ class ModelRegistry:
                     model.parameters,
                     device,
                 )
-        if not loaded:
-            raise NoModelsLoadedError(
-                f"no checkpoint under {self.settings.checkpoints} could be loaded: "
-                + "; ".join(failures)
-            )
-        return loaded
+        return scan
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -321,71 +359,13 @@ class ModelRegistry:
     def describe(self) -> list[ModelInfo]:
         return [model.describe() for model in self.loaded_models().values()]
 
-    def check_text_length(self, text: str, param: str) -> None:
-        limit = self.settings.max_prompt_chars
-        if len(text) > limit:
-            raise InvalidRequestError(
-                f"`{param}` has {len(text)} characters, more than this server's limit of "
-                f"{limit} (TINYGPT_MAX_PROMPT_CHARS); send a shorter text",
-                param=param,
-            )
-
     async def compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work in a worker thread, at most `worker_threads` at a time."""
         return await anyio.to_thread.run_sync(
             functools.partial(run_in_inference_mode, fn, *args), limiter=self._limiter
         )
 
-    # -- generation -----------------------------------------------------------------------
-
-    async def generate(self, request: GenerateRequest) -> GenerateResponse:
-        """Continue `request.prompt`; the text is cut before the first stop string."""
-        generation = self.start_generation(request)
-        deadline = Deadline(generation.stream, self.settings.request_timeout)
-        async with generation.stream:  # leaving early (client gone) cancels the generation
-            completion = await deadline.collect()
-        return deadline.check_produced(deadline.finish(generation.response(completion)))
-
-    def start_generation(self, request: GenerateRequest, top_logprobs: int = 0) -> Generation:
-        """Check `request` and hand it to the model's engine; a bad request fails here, before
-        any token (or any byte of a streamed response) is produced. `top_logprobs`: the most
-        likely alternatives each token event reports (0..5)."""
-        model = self.get(request.model)
-        self.check_text_length(request.prompt, "prompt")
-        cap = self.settings.max_new_tokens
-        if request.max_new_tokens > cap:
-            raise InvalidRequestError(
-                f"`max_new_tokens` is {request.max_new_tokens}, above this server's cap of "
-                f"{cap} (TINYGPT_MAX_NEW_TOKENS); ask for at most {cap}",
-                param="max_new_tokens",
-            )
-        prompt_ids = model.encode(request.prompt, "prompt")
-        params = SamplingParams(
-            temperature=request.temperature,
-            top_k=request.top_k,
-            top_p=request.top_p,
-            min_p=request.min_p,
-            repetition_penalty=request.repetition_penalty,
-        )
-        stops = [request.stop] if isinstance(request.stop, str) else request.stop
-        engine_request = GenerationRequest(
-            prompt_ids=prompt_ids or [model.tokenizer.start_id],
-            max_new_tokens=request.max_new_tokens,
-            sampling=params,
-            seed=request.seed,
-            stop=tuple(stops),
-            top_logprobs=top_logprobs,
-            stream_tokens=request.stream,
-        )
-        try:
-            return Generation(model.id, model.engine.submit(engine_request), len(prompt_ids))
-        except QueueFullError:
-            raise OverloadedError(
-                f"model {model.id!r} is generating at capacity and its queue is full; "
-                "retry after the Retry-After delay"
-            ) from None
-        except EngineClosedError:
-            raise NotReadyError("the server is shutting down; retry on another instance") from None
+    # -- prompt scoring -------------------------------------------------------------------
 
     async def score_prompt(
         self, model_id: str, prompt: str, top_logprobs: int
@@ -402,7 +382,7 @@ class ModelRegistry:
     async def next_token(self, request: NextTokenRequest) -> NextTokenResponse:
         """The model's distribution over the token after `request.context`, most likely first."""
         model = self.get(request.model)
-        self.check_text_length(request.context, "context")
+        check_text_length(self.settings, request.context, "context")
         context_ids = model.encode(request.context, "context") or [model.tokenizer.start_id]
         distribution, entropy = await self.compute(
             next_token_distribution, model, context_ids, request.temperature, request.top_k
@@ -456,8 +436,11 @@ class ModelRegistry:
 
     # -- playground pictures --------------------------------------------------------------
 
-    async def bigram_table(self, model_id: str) -> BigramTable:
-        """A bigram model's whole table of P(next | current), learned and empirical."""
+    async def bigram_table(
+        self, model_id: str, window: projections.TableWindow | None = None
+    ) -> BigramTable:
+        """A window of a bigram model's table of P(next | current), learned and empirical."""
+        window = window or projections.TableWindow()
         model = self.get(model_id, "model_id")
         if model.kind != "bigram":
             bigrams = [m.id for m in self.loaded_models().values() if m.kind == "bigram"]
@@ -467,22 +450,27 @@ class ModelRegistry:
                 f"table of P(next | current){hint}",
                 param="model_id",
             )
-        return await self.compute(projections.bigram_table, model)
+        window.check(model)
+        return await self.compute(projections.bigram_table, model, window)
 
-    async def embedding_projection(self, model_id: str) -> EmbeddingProjection:
-        """The 2-D PCA projection of a model's token vectors, computed once per model."""
+    async def embedding_projection(
+        self, model_id: str, offset: int = 0, limit: int = projections.DEFAULT_EMBEDDING_POINTS
+    ) -> EmbeddingProjection:
+        """At most `limit` points, from token id `offset` on, of the 2-D PCA projection
+        fitted on all of a model's token vectors (computed once per model)."""
         model = self.get(model_id, "model_id")
+        projections.check_start(model, "offset", offset, "with ids")
         if model.id not in self._projections:
             self._projections[model.id] = await self.compute(
                 projections.embedding_projection, model
             )
-        return self._projections[model.id]
+        return projections.projection_page(self._projections[model.id], offset, limit)
 
     # -- tokenization ---------------------------------------------------------------------
 
     def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         model = self.get(request.model)
-        self.check_text_length(request.text, "text")
+        check_text_length(self.settings, request.text, "text")
         ids = model.encode(request.text, "text")
         tokens = [model.tokenizer.token_text(i) for i in ids]
         return TokenizeResponse(model=model.id, ids=ids, tokens=tokens)
@@ -500,27 +488,6 @@ class ModelRegistry:
 
 
 # -- model work: these run in worker threads -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A generation handed to an engine: its token stream, and how to report the result."""
-
-    model_id: str
-    stream: Stream
-    prompt_tokens: int  # the request's own; an empty prompt's start token is not counted
-
-    def response(self, completion: Completion) -> GenerateResponse:
-        return GenerateResponse(
-            model=self.model_id,
-            text=completion.text,
-            token_ids=[event.token_id for event in completion.tokens],
-            finish_reason=completion.finish_reason,
-            usage=Usage(
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=completion.usage.completion_tokens,
-            ),
-        )
 
 
 @dataclass(frozen=True)

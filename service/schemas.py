@@ -29,14 +29,39 @@ ModelId = Annotated[
         examples=["gpt-char"],
     ),
 ]
-StopString = Annotated[str, Meta(min_length=1)]
+# Bounds of every number a request may carry: none can overflow a 64-bit integer or make a
+# model's arithmetic produce inf or NaN. Limits that depend on the server's settings (the
+# `max_new_tokens` cap) or on the model (its vocabulary) are checked when the request is served.
+MAX_COUNT = 2**31 - 1  # tokens to generate, k: far above any setting or vocabulary
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 128
+MAX_QUERY_TOKENS = 16  # tokens of an analogy, on each side
+
+StopString = Annotated[str, Meta(min_length=1, max_length=MAX_STOP_CHARS)]
+StopStrings = Annotated[list[StopString], Meta(max_length=MAX_STOP_STRINGS)]
 Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Temperature = Annotated[
+    float,
+    Meta(ge=0, le=100, description="0 means greedy; a temperature below 1e-6 is taken as 1e-6"),
+]
+TopK = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=MAX_COUNT,
+        description="keep the k most likely tokens; k at or above the vocabulary size keeps all",
+    ),
+]
+TopP = Annotated[float, Meta(gt=0, le=1)]
 MinP = Annotated[
     float, Meta(ge=0, le=1, description="drop tokens less likely than min_p x the top one")
 ]
 RepetitionPenalty = Annotated[
-    float, Meta(gt=0, le=10, description="divide the logits of tokens already present (1 = off)")
+    float,
+    Meta(ge=0.01, le=10, description="divide the logits of tokens already present (1 = off)"),
 ]
+TokenCount = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+TokenId = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
 
 
 # -- health -------------------------------------------------------------------------------
@@ -73,6 +98,12 @@ class ModelInfo(ResponseBody):
 class ServerLimits(ResponseBody):
     max_new_tokens: int
     max_prompt_chars: int
+    max_request_sequences: Annotated[
+        int, Meta(description="sequences (prompts x n) one request may generate")
+    ]
+    max_client_sequences: Annotated[
+        int, Meta(description="sequences one client may have generating or queued at once")
+    ]
 
 
 class ModelList(ResponseBody):
@@ -92,19 +123,19 @@ class GenerateRequest(RequestBody):
         str, Meta(description="text to continue; empty starts from the model's start token")
     ] = ""
     max_new_tokens: Annotated[
-        int, Meta(ge=1, description="tokens to generate, up to the server's cap (default 1024)")
+        TokenCount, Meta(description="tokens to generate, up to the server's cap (default 1024)")
     ] = 200
-    temperature: Annotated[float, Meta(ge=0, description="0 means greedy")] = 1.0
-    top_k: Annotated[int, Meta(ge=1)] | None = None
-    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    temperature: Temperature = 1.0
+    top_k: TopK | None = None
+    top_p: TopP = 1.0
     min_p: MinP = 0.0
     repetition_penalty: RepetitionPenalty = 1.0
     seed: Annotated[
         Seed | None, Meta(description="same seed and parameters, same text; none = random")
     ] = None
     stop: Annotated[
-        StopString | list[StopString],
-        Meta(description="generation ends before the first of these strings"),
+        StopString | StopStrings,
+        Meta(description="generation ends before the first of these strings (up to 4)"),
     ] = []
     stream: Annotated[
         bool,
@@ -156,12 +187,17 @@ class NextTokenRequest(RequestBody):
     ] = ""
     top_k: (
         Annotated[
-            int, Meta(ge=1, description="list only the k most likely tokens; all when absent")
+            int,
+            Meta(
+                ge=1,
+                le=MAX_COUNT,
+                description="list only the k most likely tokens; all when absent or larger",
+            ),
         ]
         | None
     ) = None
     # Bounded below: dividing by a denormal overflows the logits and gives NaN probabilities.
-    temperature: Annotated[float, Meta(ge=1e-6, description="divides the logits")] = 1.0
+    temperature: Annotated[float, Meta(ge=1e-6, le=100, description="divides the logits")] = 1.0
 
 
 class TokenProbability(ResponseBody):
@@ -193,12 +229,21 @@ class NeighboursRequest(RequestBody):
         str | None, Meta(description="one token of the model; or use positive/negative")
     ] = None
     positive: Annotated[
-        list[str], Meta(description="analogy: tokens whose unit vectors are added")
+        list[str],
+        Meta(
+            max_length=MAX_QUERY_TOKENS, description="analogy: tokens whose unit vectors are added"
+        ),
     ] = []
     negative: Annotated[
-        list[str], Meta(description="analogy: tokens whose unit vectors are subtracted")
+        list[str],
+        Meta(
+            max_length=MAX_QUERY_TOKENS,
+            description="analogy: tokens whose unit vectors are subtracted",
+        ),
     ] = []
-    k: Annotated[int, Meta(ge=1)] = 10
+    k: Annotated[
+        int, Meta(ge=1, le=MAX_COUNT, description="neighbours to list; more lists every token")
+    ] = 10
     metric: Annotated[
         Metric, Meta(description="analogies rank by cosine; euclidean lists nearest first")
     ] = "cosine"
@@ -241,12 +286,27 @@ class TokenizeResponse(ResponseBody):
 
 class DetokenizeRequest(RequestBody):
     model: ModelId
-    ids: list[Annotated[int, Meta(ge=0)]]
+    ids: list[TokenId]
 
 
 class DetokenizeResponse(ResponseBody):
     model: str
     text: str
+
+
+# -- admin ------------------------------------------------------------------------------
+
+
+class RefusedCheckpoint(ResponseBody):
+    model: str
+    reason: str
+
+
+class ReloadResponse(ResponseBody):
+    reloaded: list[str]
+    refused: list[RefusedCheckpoint]
+    unchanged: list[str]
+    models: Annotated[list[str], Meta(description="every model served after the reload")]
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -264,12 +324,51 @@ class ErrorResponse(msgspec.Struct, kw_only=True):
 
 # -- playground pictures ------------------------------------------------------------------
 
+# One bigram-table response holds at most this many rows and as many columns (65,536 cells).
+MAX_TABLE_SIDE = 256
+# One embeddings response holds this many points unless `limit` asks for fewer or more.
+DEFAULT_EMBEDDING_POINTS = 2048
+MAX_EMBEDDING_POINTS = 4096
+
+TokenOrder = Literal["id", "frequency"]
+
+
+class TableAxis(ResponseBody):
+    """The tokens along one side of a bigram-table window: ranks `start` to `start + len - 1`
+    of the response's `order`."""
+
+    start: Annotated[int, Meta(description="rank in `order` of this side's first token")]
+    ids: Annotated[list[int], Meta(description="the token id at each position, in rank order")]
+    tokens: Annotated[list[str], Meta(description="the text of each of those tokens")]
+    next: Annotated[
+        int | None,
+        Meta(description="the start of the next window along this side; null at the last"),
+    ]
+
 
 class BigramTable(ResponseBody):
+    """A window of a bigram's table P(next | current): rows are current tokens, columns
+    next ones, each side a run of consecutive ranks of `order`."""
+
     model: str
-    tokens: Annotated[list[str], Meta(description="token i's text; row and column i are token i")]
+    vocab_size: Annotated[int, Meta(description="tokens in the vocabulary: ranks 0 to this - 1")]
+    order: Annotated[
+        TokenOrder,
+        Meta(description="id: ranked by token id; frequency: most frequent first (`ranked_by`)"),
+    ]
+    ranked_by: Annotated[
+        Literal["token_id", "training_counts", "stationary_probability"],
+        Meta(
+            description="what the ranks follow: token ids; how often each token occurs in the "
+            "training split; or, when the checkpoint has no counts, the stationary "
+            "distribution of the model's own chain"
+        ),
+    ]
+    rows: TableAxis
+    cols: TableAxis
     probs: Annotated[
-        list[list[float]], Meta(description="probs[i][j]: the learned P(next = j | current = i)")
+        list[list[float]],
+        Meta(description="probs[r][c]: the learned P(next = cols.ids[c] | current = rows.ids[r])"),
     ]
     empirical: Annotated[
         list[list[float]] | None,
@@ -290,4 +389,15 @@ class EmbeddingProjection(ResponseBody):
     explained_variance: Annotated[
         list[float], Meta(description="share of the total variance along x and along y")
     ]
-    points: list[EmbeddingPoint]
+    total: Annotated[
+        int, Meta(description="tokens in the vocabulary, all of which the PCA was fitted on")
+    ]
+    offset: Annotated[int, Meta(description="token id of the first point")]
+    next_offset: Annotated[
+        int | None,
+        Meta(
+            description="`offset` of the next page; null when the points run to the last "
+            "token. Ids outside offset to offset + len(points) - 1 are left out"
+        ),
+    ]
+    points: Annotated[list[EmbeddingPoint], Meta(description="consecutive token ids")]

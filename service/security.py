@@ -6,27 +6,26 @@ are never logged; a failed check logs only the path.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from litestar import Request
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.exceptions.http_exceptions import TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
-from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware, get_remote_address
+from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = ("/health", "/ready", "/metrics")
 BEARER_CHALLENGE = {"www-authenticate": "Bearer"}
 
 
@@ -139,14 +138,21 @@ def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 # -- rate limiting ------------------------------------------------------------------------
 
 
-def client_identifier(request: Request) -> str:
-    """The API key (hashed, so it is not kept as is) when one is sent, else the address."""
-    token = bearer_token(request.headers)
-    if token is not None:
-        import hashlib
-
+def client_key(connection: ASGIConnection) -> str:
+    """Who a request comes from, for per-client limits: its API key (hashed, so it is not
+    kept as is) when keys are on, else its peer address. Keys count only when they are
+    checked, and a forwarded-for header only when a proxy is trusted to set it (none is), so
+    a client cannot pass as another by what it sends."""
+    settings: Settings = connection.app.state.settings
+    token = bearer_token(connection.headers)
+    if token is not None and api_keys_configured(settings):
         return "key:" + hashlib.sha256(token.encode()).hexdigest()[:32]
-    return "addr:" + get_remote_address(request)
+    client = connection.client
+    return "addr:" + (client.host if client else "unknown")
+
+
+def api_keys_configured(settings: Settings) -> bool:
+    return bool(settings.api_keys.strip() or settings.api_key_file)
 
 
 class RetryAfterRateLimitMiddleware(RateLimitMiddleware):
@@ -179,7 +185,7 @@ def rate_limit_middleware(settings: Settings) -> DefineMiddleware | None:
     config = RateLimitConfig(
         rate_limit=parse_rate_limit(settings.rate_limit),
         exclude=[r"^/health$", r"^/ready$", r"^/metrics$"],
-        identifier_for_request=client_identifier,
+        identifier_for_request=client_key,
         middleware_class=RetryAfterRateLimitMiddleware,
     )
     return config.middleware

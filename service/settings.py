@@ -28,7 +28,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     checkpoints: str = "checkpoints"
     device: DeviceName = "auto"
-    max_new_tokens: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    max_new_tokens: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] = 1024
     max_prompt_chars: Annotated[int, msgspec.Meta(ge=1)] = 4096
     # Threads that run model work at once; the rest of the requests wait their turn.
     worker_threads: Annotated[int, msgspec.Meta(ge=1)] = 4
@@ -36,6 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # before the server answers 503.
     max_running: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
     max_waiting: Annotated[int, msgspec.Meta(ge=0)] = 256
+    # Fair shares (see service/limits.py): the sequences (prompts x n) one request may bring,
+    # and those one client (API key, else address) may have queued or running at once.
+    max_request_sequences: Annotated[int, msgspec.Meta(ge=1)] = 64
+    max_client_sequences: Annotated[int, msgspec.Meta(ge=1)] = 128
     # torch.compile the GPT decode step (needs a C++ compiler on CPU; slower start-up).
     compile_decode: bool = False
     # Threads torch uses for model work; unset leaves torch's default (one per core). On a

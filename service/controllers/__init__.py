@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from litestar.openapi.datastructures import ResponseSpec
 
+from service.errors import ERROR_DESCRIPTIONS
 from service.schemas import ErrorResponse
-
-ERROR_DESCRIPTIONS = {
-    400: "Invalid request; `error.param` names the field at fault",
-    401: "Missing or unknown API key (`Authorization: Bearer <key>`)",
-    403: "The key may not use this endpoint, or the endpoint is switched off",
-    404: "Unknown model; the message lists the loaded ones",
-    413: "The request body is larger than the server's limit (64 KiB)",
-    503: "The models are still loading, or the model's queue is full (see `Retry-After`)",
-}
 
 
 def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:

@@ -3,41 +3,50 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-import msgspec
-from litestar import Controller, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
-from litestar.response import ServerSentEvent, ServerSentEventMessage
-from litestar.response.base import ASGIResponse
+from litestar.response import ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
 
-from service.controllers import MODEL_ERRORS
-from service.deadline import Deadline
+from models.sampling import SamplingParams
+from service.controllers import MODEL_ERRORS, error_responses
+from service.engine import Completion, EngineError, GenerationRequest, Stream
+from service.limits import (
+    Admission,
+    check_new_tokens,
+    check_produced,
+    check_text_length,
+    generation_failed,
+)
 from service.metrics import GENERATED_TOKENS, PROMPT_TOKENS
 from service.openapi import JSONOrEventStreamOperation
-from service.registry import Generation, ModelRegistry
-from service.schemas import GenerateRequest, GenerateResponse, TokenStreamEvent
+from service.registry import ModelRegistry
+from service.schemas import (
+    ErrorDetail,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    TokenStreamEvent,
+    Usage,
+)
+from service.security import client_key
+from service.settings import Settings
+from service.sse import EventStream, batch, sse
 
 
-class EventStream(ServerSentEvent):
-    """Litestar's SSE response, keeping `text/event-stream` in a handler whose other answers
-    are JSON (a handler's media type would otherwise override a streaming response's)."""
-
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
-        return super().to_asgi_response(*args, **{**kwargs, "media_type": self.media_type})
-
-
-class EventBatch(ServerSentEventMessage):
-    """Several events written out as one chunk."""
-
-    def __init__(self, events: list[ServerSentEventMessage]):
-        super().__init__()
-        self.events = events
-
-    def encode(self) -> bytes:
-        return b"".join(event.encode() for event in self.events)
+def response_of(model: str, completion: Completion, prompt_tokens: int) -> GenerateResponse:
+    """`prompt_tokens` are the request's own: an empty prompt's start token is not counted."""
+    return GenerateResponse(
+        model=model,
+        text=completion.text,
+        token_ids=[event.token_id for event in completion.tokens],
+        finish_reason=completion.finish_reason,
+        usage=Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=completion.usage.completion_tokens
+        ),
+    )
 
 
 def count_tokens(result: GenerateResponse) -> None:
@@ -45,33 +54,32 @@ def count_tokens(result: GenerateResponse) -> None:
     PROMPT_TOKENS.labels(model=result.model).inc(result.usage.prompt_tokens)
 
 
-def sse(event: str, data: msgspec.Struct) -> ServerSentEventMessage:
-    return ServerSentEventMessage(event=event, data=msgspec.json.encode(data).decode(), sep="\n")
-
-
 async def generation_events(
-    generation: Generation, timeout: float
+    model: str, stream: Stream, prompt_tokens: int
 ) -> AsyncIterator[ServerSentEventMessage]:
-    """A `token` event per token, then `done` with the whole response. When the client
-    disconnects, Litestar cancels this generator, and leaving `async with` cancels the
-    generation in the engine within one decode step."""
-    stream = generation.stream
-    deadline = Deadline(stream, timeout)
+    """A `token` event per token, then `done` with the whole response (or `error`, should
+    generation fail). When the client disconnects, Litestar cancels this generator, and
+    leaving `async with` cancels the generation in the engine within one decode step."""
     async with stream:
         index = 0
-        async for first in deadline.tokens():
-            # A reader that fell behind sends what has piled up in one write, not one each.
-            tokens = [first, *stream.ready_tokens()]
-            events = [
-                sse("token", TokenStreamEvent(index=index + i, id=t.token_id, text=t.text))
-                for i, t in enumerate(tokens)
-            ]
-            yield events[0] if len(events) == 1 else EventBatch(events)
-            index += len(tokens)
+        try:
+            async for first in stream:
+                tokens = [first, *stream.ready_tokens()]
+                yield batch(
+                    [
+                        sse(TokenStreamEvent(index=index + i, id=t.token_id, text=t.text), "token")
+                        for i, t in enumerate(tokens)
+                    ]
+                )
+                index += len(tokens)
+        except EngineError as err:
+            detail = ErrorDetail(message=generation_failed(err).message, type="generation_failed")
+            yield sse(ErrorResponse(error=detail), "error")
+            return
         assert stream.completion is not None
-        result = deadline.finish(generation.response(stream.completion))
+        result = response_of(model, stream.completion, prompt_tokens)
     count_tokens(result)
-    yield sse("done", result)
+    yield sse(result, "done")
 
 
 class GenerationController(Controller):
@@ -82,20 +90,48 @@ class GenerationController(Controller):
         "/generate",
         operation_id="generate",
         status_code=HTTP_200_OK,
-        responses=MODEL_ERRORS,
+        responses={**MODEL_ERRORS, **error_responses(429, 500, 504)},
         operation_class=JSONOrEventStreamOperation,
     )
     async def generate(
-        self, data: JSONBody[GenerateRequest], registry: NamedDependency[ModelRegistry]
+        self,
+        data: JSONBody[GenerateRequest],
+        request: Request,
+        registry: NamedDependency[ModelRegistry],
+        admission: NamedDependency[Admission],
+        settings: NamedDependency[Settings],
     ) -> GenerateResponse | EventStream:
         """Continue a prompt by sampling from a model; the same seed gives the same text."""
+        model = registry.get(data.model)
+        check_text_length(settings, data.prompt, "prompt")
+        check_new_tokens(settings, data.max_new_tokens, "max_new_tokens")
+        prompt_ids = model.prompt_ids(data.prompt)
+        engine_request = GenerationRequest(
+            prompt_ids=prompt_ids,
+            max_new_tokens=data.max_new_tokens,
+            sampling=SamplingParams(
+                temperature=data.temperature,
+                top_k=data.top_k,
+                top_p=data.top_p,
+                min_p=data.min_p,
+                repetition_penalty=data.repetition_penalty,
+            ),
+            seed=data.seed,
+            stop=(data.stop,) if isinstance(data.stop, str) else tuple(data.stop),
+            stream_tokens=data.stream,
+            timeout=settings.request_timeout,
+        )
+        # Checked and queued before the response starts: bad input still gets a 4xx.
+        [stream] = admission.submit(model.engine, [engine_request], client_key(request), "prompt")
+        prompt_tokens = len(prompt_ids) if data.prompt else 0
         if data.stream:
-            # Checked and queued before the response starts: bad input still gets a 4xx.
-            return EventStream(
-                generation_events(
-                    registry.start_generation(data), registry.settings.request_timeout
-                )
-            )
-        result = await registry.generate(data)
+            return EventStream(generation_events(model.id, stream, prompt_tokens))
+        async with stream:  # leaving early (client gone) cancels the generation
+            try:
+                completion = await stream.collect()
+            except EngineError as err:
+                raise generation_failed(err) from None
+        check_produced([completion], settings)
+        result = response_of(model.id, completion, prompt_tokens)
         count_tokens(result)
         return result

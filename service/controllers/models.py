@@ -21,6 +21,9 @@ class ModelsController(Controller):
     ) -> ModelList:
         """List the loaded models with their training metrics, and this server's limits."""
         limits = ServerLimits(
-            max_new_tokens=settings.max_new_tokens, max_prompt_chars=settings.max_prompt_chars
+            max_new_tokens=settings.max_new_tokens,
+            max_prompt_chars=settings.max_prompt_chars,
+            max_request_sequences=settings.max_request_sequences,
+            max_client_sequences=settings.max_client_sequences,
         )
         return ModelList(object="list", data=registry.describe(), limits=limits)

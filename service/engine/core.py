@@ -1,18 +1,17 @@
-"""The generation engine: one decode loop per model, many requests decoded together.
+"""The engine's core: one decode loop per model, many requests decoded together.
 
-A dedicated thread owns the model. Each step it admits waiting requests into free rows
-(prefilling their prompts), advances every running sequence by one token in a single batched
-forward pass, samples all rows at once, and retires the sequences that are done. Requests
-therefore join and leave at step boundaries (continuous batching): a long request never
-holds up a short one.
+A dedicated thread owns the model. Each step it advances every running sequence by one token
+in a single batched forward pass, admits waiting requests into free rows (prefilling their
+prompts), samples all rows at once, and retires the sequences that are done. Requests therefore
+join and leave at step boundaries (continuous batching): a long request never holds up a short
+one.
 
-    engine = Engine(checkpoint.model, checkpoint.tokenizer, EngineConfig(max_running=64))
-    engine.start()
-    stream = engine.submit(GenerationRequest(prompt_ids=ids, max_new_tokens=100, seed=1))
-    async for event in stream:          # TokenEvent per token
-        ...
-    stream.completion.finish_reason     # after the loop: "length" | "stop" | "cancelled"
-    engine.stop()
+A failure is kept to the request that caused it. Requests are checked before they are queued;
+if a request's prefill or sampling still fails, it is retried alone and only the request that
+fails alone ends (with RequestFailedError), while the others go on with exactly the tokens they
+would have had. Only a failed forward pass of the running batch (the model's or the device's
+fault) ends every running request; the engine then starts over with an empty batch and keeps
+serving.
 
 Seeded sampling is batch-invariant: every request has its own generator and every step draws
 exactly one number from it, so the same seed and parameters give the same text whether the
@@ -30,39 +29,36 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 
 from models.bigram import BigramLanguageModel
-from models.checkpoint import Checkpoint
 from models.gpt import GPT
-from models.sampling import BatchParams, SamplingParams, sample_batch, seeded_generator
-from service.engine_metrics import EngineMetrics
-from service.engine_runners import make_runner
-from service.engine_text import IncrementalDecoder, find_stop, partial_stop_length
+from models.sampling import BatchParams, sample_batch, seeded_generator
+from service.engine.metrics import EngineMetrics
+from service.engine.request import (
+    LOGPROB_FLOOR,
+    Completion,
+    EngineClosedError,
+    EngineError,
+    FinishReason,
+    GenerationRequest,
+    QueueFullError,
+    RequestFailedError,
+    TokenEvent,
+    TopLogprob,
+    Usage,
+)
+from service.engine.runners import make_runner
+from service.engine.stream import Stream, StreamItem
+from service.engine.text import IncrementalDecoder, StopChecker
 
 logger = logging.getLogger(__name__)
 
-MAX_TOP_LOGPROBS = 5
-LOGPROB_FLOOR = -9999.0  # stands in for -inf (and NaN) log-probabilities: JSON has neither
-
-FinishReason = Literal["length", "stop", "cancelled"]
 TopCandidates = tuple[list[list[int]], list[list[float]]]  # per row: ids, logprobs (best first)
-
-
-class QueueFullError(RuntimeError):
-    """Every slot is busy and the waiting queue is full: try again later (HTTP 503)."""
-
-
-class EngineClosedError(RuntimeError):
-    """The engine is not running: not started yet, or stopped."""
-
-
-class EngineError(RuntimeError):
-    """The decode step failed; every request in the batch at the time ends with this."""
 
 
 class Tokenizer(Protocol):
@@ -75,147 +71,18 @@ class Tokenizer(Protocol):
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    prompt_ids: Sequence[int]  # not empty; a prompt longer than the context is windowed
-    max_new_tokens: int
-    sampling: SamplingParams = SamplingParams()
-    seed: int | None = None  # None: fresh entropy
-    stop: Sequence[str] = ()  # generation ends before the first of these; it is cut out
-    top_logprobs: int = 0  # alternatives to report per token, 0..MAX_TOP_LOGPROBS
-    # False: the stream yields no TokenEvents, only ends with the Completion (which holds them
-    # all), so a reader that wants the whole result is not woken at every decode step
-    stream_tokens: bool = True
-
-    def __post_init__(self) -> None:
-        s = self.sampling
-        problems = [
-            (not self.prompt_ids, "prompt_ids must not be empty"),
-            (self.max_new_tokens < 1, "max_new_tokens must be at least 1"),
-            (not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, "top_logprobs must be in 0..5"),
-            (any(not stop for stop in self.stop), "stop strings must not be empty"),
-            (s.temperature < 0, "temperature must be >= 0"),
-            (s.top_k is not None and s.top_k < 0, "top_k must be >= 0"),
-            (not 0 < s.top_p <= 1, "top_p must be in (0, 1]"),
-            (not 0 <= s.min_p <= 1, "min_p must be in [0, 1]"),
-            (s.repetition_penalty <= 0, "repetition_penalty must be > 0"),
-        ]
-        errors = [message for failed, message in problems if failed]
-        if errors:
-            raise ValueError("; ".join(errors))
-
-
-@dataclass(frozen=True, slots=True)
-class TopLogprob:
-    token_id: int
-    text: str
-    logprob: float
-
-
-@dataclass(frozen=True, slots=True)
-class TokenEvent:
-    token_id: int
-    text: str  # may be "" while a multi-byte character is incomplete (byte-level BPE)
-    logprob: float  # the model's log P(token), before penalty, temperature and filters
-    top_logprobs: tuple[TopLogprob, ...] = ()  # the request's top_logprobs most likely
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int  # every token generated, a stop string's included
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """How a request ended. `text` is the concatenated text of `tokens`, without the stop
-    string; `tokens` are the events the stream delivered."""
-
-    text: str
-    finish_reason: FinishReason
-    usage: Usage
-    tokens: tuple[TokenEvent, ...]
-
-
-@dataclass(frozen=True)
 class EngineConfig:
     max_running: int = 64  # sequences decoded together
-    max_waiting: int = 256  # requests queued beyond that before submit raises QueueFullError
+    max_waiting: int = 256  # sequences queued beyond that before submit raises QueueFullError
     window_keep: int | None = None  # GPT tokens kept on re-prefill; None: half of block_size
     # torch.compile the GPT decode step: about twice the single-stream speed on CPU, for a
     # start() that takes some 20 s longer (needs a C++ compiler on CPU)
     compile_decode: bool = False
 
-
-class Stream:
-    """The tokens of one request, as an async iterator; made by `Engine.submit`.
-
-    Iterating yields TokenEvents (none if the request's `stream_tokens` is False) and stops
-    when the request ends; `completion` is then set.
-    `cancel()` (or leaving `async with stream:` early) ends generation within one decode step
-    and frees the request's slot; the stream still ends with a Completion, reason "cancelled".
-    """
-
-    def __init__(
-        self,
-        request: GenerationRequest,
-        loop: asyncio.AbstractEventLoop,
-        cancel_signal: threading.Event,
-    ):
-        self.request = request
-        self.completion: Completion | None = None
-        self.loop = loop  # the decode thread hands events to this loop
-        self.queue: asyncio.Queue[TokenEvent | Completion | BaseException] = asyncio.Queue()
-        self.held_back: Completion | BaseException | None = None  # see ready_tokens
-        self.cancel_requested = False  # read by the decode thread at each step
-        self.cancel_signal = cancel_signal  # tells the decode thread to look
-
-    def cancel(self) -> None:
-        if not self.cancel_requested and self.completion is None:
-            self.cancel_requested = True
-            self.cancel_signal.set()
-
-    def __aiter__(self) -> Stream:
-        return self
-
-    async def __anext__(self) -> TokenEvent:
-        if self.completion is not None:
-            raise StopAsyncIteration
-        item, self.held_back = self.held_back or await self.queue.get(), None
-        if isinstance(item, TokenEvent):
-            return item
-        if isinstance(item, Completion):
-            self.completion = item
-            raise StopAsyncIteration
-        raise item
-
-    def ready_tokens(self) -> list[TokenEvent]:
-        """The token events already delivered and not yet read, without waiting: a reader that
-        fell behind can write them out together."""
-        events: list[TokenEvent] = []
-        while self.held_back is None and not self.queue.empty():
-            item = self.queue.get_nowait()
-            if isinstance(item, TokenEvent):
-                events.append(item)
-            else:
-                self.held_back = item  # the end: the next __anext__ takes it
-        return events
-
-    async def collect(self) -> Completion:
-        """Wait for the end and return the Completion (its `tokens` hold every event)."""
-        async for _ in self:
-            pass
-        assert self.completion is not None
-        return self.completion
-
-    async def __aenter__(self) -> Stream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.cancel()
+    @property
+    def capacity(self) -> int:
+        """The most sequences the engine holds at once, running and waiting."""
+        return self.max_running + self.max_waiting
 
 
 @dataclass(eq=False)
@@ -225,7 +92,9 @@ class RequestState:
     stream: Stream
     generator: torch.Generator
     decoder: IncrementalDecoder
+    stops: StopChecker
     submitted_at: float
+    deadline: float  # time.perf_counter() at which it ends with "timeout"; inf: never
     token_ids: list[int] = field(default_factory=list)
     text: str = ""  # all generated text, including held-back text
     delivered_chars: int = 0  # text[:delivered_chars] went out in delivered events
@@ -238,14 +107,21 @@ class RequestState:
         return self.stream.request
 
 
-# Events of one step, handed to the event loops together at its end.
-Outbox = list[tuple[RequestState, TokenEvent | Completion | BaseException]]
-# An outbox's items for one event loop, by stream.
-Deliveries = list[tuple[Stream, TokenEvent | Completion | BaseException]]
+# Items of one step, handed to the event loops together at its end.
+Outbox = list[tuple[RequestState, StreamItem]]
 
 
 class Engine:
-    """Continuous-batching generation for one model; see the module docstring."""
+    """Continuous-batching generation for one model.
+
+    engine = Engine(model, tokenizer, EngineConfig(max_running=64))
+    engine.start()
+    stream = engine.submit(GenerationRequest(prompt_ids=ids, max_new_tokens=100, seed=1))
+    async for event in stream:          # TokenEvent per token
+        ...
+    stream.completion.finish_reason     # "length" | "stop" | "timeout" | "cancelled"
+    engine.stop()
+    """
 
     def __init__(
         self,
@@ -279,10 +155,6 @@ class Engine:
         self.thread: threading.Thread | None = None
         self.token_texts: dict[int, str] = {}  # for top_logprobs
 
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, config: EngineConfig = EngineConfig()):
-        return cls(checkpoint.model, checkpoint.tokenizer, config)
-
     # -- the asyncio side -------------------------------------------------------------------
 
     def start(self) -> None:
@@ -294,6 +166,10 @@ class Engine:
         self.accepting = True
         self.thread = threading.Thread(target=self.run, name="engine-decode", daemon=True)
         self.thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
 
     def stop(self, drain: bool = False, timeout: float | None = None) -> None:
         """Refuse new requests, then finish (drain) or cancel what is queued and running, and
@@ -310,32 +186,55 @@ class Engine:
             self.thread.join(timeout)
 
     def submit(self, request: GenerationRequest) -> Stream:
-        """Queue a request; call from the event loop that will read the stream.
+        """Queue a request; call from the event loop that will read the stream. See
+        `submit_all` for what it raises."""
+        return self.submit_all([request])[0]
 
-        Raises QueueFullError at once when no slot and no queue place is free, EngineClosedError
-        when the engine is not running, ValueError for token ids outside the vocabulary."""
-        if any(not 0 <= t < self.vocab_size for t in request.prompt_ids):
-            raise ValueError(f"prompt_ids must be token ids in 0..{self.vocab_size - 1}")
-        stream = Stream(request, asyncio.get_running_loop(), self.cancel_signal)
-        state = RequestState(
-            stream=stream,
-            generator=seeded_generator(request.seed),
-            decoder=IncrementalDecoder(self.tokenizer.decode),
-            submitted_at=time.perf_counter(),
-        )
+    def submit_all(self, requests: Sequence[GenerationRequest]) -> list[Stream]:
+        """Queue requests together, all or none: raises QueueFullError at once when they do
+        not all fit, EngineClosedError when the engine is not running, ValueError for token
+        ids outside the vocabulary."""
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        states = [self.new_state(self.checked(request), loop, now) for request in requests]
         with self.lock:
             if not self.accepting:
                 raise EngineClosedError("the engine is not running")
-            free_rows = self.config.max_running - len(self.rows)
-            if len(self.waiting) >= self.config.max_waiting + max(0, free_rows):
+            free_rows = max(0, self.config.max_running - len(self.rows))
+            room = self.config.max_waiting + free_rows - len(self.waiting)
+            if len(states) > room:
                 self.metrics.requests_rejected += 1
                 raise QueueFullError(
-                    f"{len(self.rows)} requests running and {len(self.waiting)} waiting"
+                    f"{len(self.rows)} sequences running and {len(self.waiting)} waiting; "
+                    f"room for {max(0, room)} more, {len(states)} asked for"
                 )
-            self.waiting.append(state)
+            self.waiting.extend(states)
             self.metrics.waiting = len(self.waiting)
             self.lock.notify()
-        return stream
+        return [state.stream for state in states]
+
+    def checked(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` as this model runs it, or ValueError for what it cannot run: everything a
+        request brings is checked here, before it can reach a batch."""
+        if any(not 0 <= t < self.vocab_size for t in request.prompt_ids):
+            raise ValueError(f"prompt_ids must be token ids in 0..{self.vocab_size - 1}")
+        top_k = request.sampling.top_k
+        if top_k is not None and top_k >= self.vocab_size:
+            # keeping at least every token is no filter: off, which is exactly the same
+            return replace(request, sampling=replace(request.sampling, top_k=None))
+        return request
+
+    def new_state(
+        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, now: float
+    ) -> RequestState:
+        return RequestState(
+            stream=Stream(request, loop, self.cancel_signal),
+            generator=seeded_generator(request.seed),
+            decoder=IncrementalDecoder(self.tokenizer.decode),
+            stops=StopChecker(request.stop),
+            submitted_at=now,
+            deadline=now + request.timeout if request.timeout is not None else float("inf"),
+        )
 
     # -- the decode thread ------------------------------------------------------------------
 
@@ -351,80 +250,150 @@ class Engine:
                 try:
                     self.step(outbox)
                 except Exception as err:
-                    logger.exception("decode step failed")
+                    logger.exception("decode step failed; ending every running request")
                     self.fail_all(EngineError(f"generation failed: {err}"), outbox)
                 finally:
                     self.deliver(outbox)
 
     def step(self, outbox: Outbox) -> None:
-        """Admit, advance every row by one token, sample, and queue the events in `outbox`."""
+        """Advance, admit, sample, and queue the events in `outbox`."""
+        now = time.perf_counter()
         if self.cancel_signal.is_set():
             self.cancel_signal.clear()
-            self.retire_cancelled(outbox)
-        running = len(self.rows)
-        joining = self.admit(outbox)
-        if not self.rows:
-            return
+            self.retire(outbox, lambda s: s.stream.cancel_requested, "cancelled")
+        self.retire(outbox, lambda s: now >= s.deadline, "timeout")
         parts = []
-        if running:
-            parts.append(self.runner.advance([s.token_ids[-1] for s in self.rows[:running]]))
-        if joining:
-            parts.append(self.runner.start([list(s.request.prompt_ids) for s in joining]))
+        if self.rows:
+            parts.append(self.runner.advance([s.token_ids[-1] for s in self.rows]))
+        joined = self.admit(outbox)
+        if joined is not None:
+            parts.append(joined)
+        if not parts:
+            return
         logits = parts[0] if len(parts) == 1 else torch.cat(parts)
-        token_ids, logprobs, tops = self.sample(logits)
+        token_ids, failures = self.sample(logits)
+        logprobs, tops = self.model_logprobs(logits, token_ids)
 
         now = time.perf_counter()
-        finished: list[int] = []
+        ended: list[int] = []
         for row, state in enumerate(self.rows):
-            reason = self.accept(state, token_ids[row], logprobs[row], tops, row, now, outbox)
-            if reason is not None:
-                self.finish(state, reason, outbox)
-                finished.append(row)
-        self.remove_rows(finished)
-        self.metrics.tokens_generated += len(token_ids)
+            failure = failures.get(row)
+            if failure is None:
+                try:
+                    reason = self.accept(
+                        state, token_ids[row], logprobs[row], tops, row, now, outbox
+                    )
+                except Exception as err:
+                    failure = err
+                else:
+                    if reason is not None:
+                        self.finish(state, reason, outbox)
+                        ended.append(row)
+            if failure is not None:
+                self.fail(state, failure, outbox)
+                ended.append(row)
+        self.remove_rows(ended)
+        self.metrics.tokens_generated += len(token_ids) - len(failures)
         self.metrics.decode_steps += 1
 
-    def admit(self, outbox: Outbox) -> list[RequestState]:
-        """Move waiting requests into free rows; returns those that joined."""
-        joining = []
+    def admit(self, outbox: Outbox) -> torch.Tensor | None:
+        """Prefill waiting requests into free rows; returns their logits, one row each, or None
+        when none joined. A prefill that fails is retried one request at a time, so that only
+        a request whose own prefill fails is refused."""
         with self.lock:
-            while self.waiting and len(self.rows) < self.config.max_running:
-                state = self.waiting.popleft()
-                if state.stream.cancel_requested:
-                    self.finish(state, "cancelled", outbox)
-                    continue
-                row = len(self.rows)
-                self.rows.append(state)
-                joining.append(state)
-                self.seen[row].zero_()
-                prompt = torch.tensor(state.request.prompt_ids, device=self.device)
-                self.seen[row, prompt] = True
+            joining: list[RequestState] = []
+            while self.waiting and len(self.rows) + len(joining) < self.config.max_running:
+                joining.append(self.waiting.popleft())
             self.metrics.waiting = len(self.waiting)
-        if joining:
+        if not joining:
+            return None
+        try:
+            return self.prefill(joining, outbox)
+        except Exception as err:  # a bug here must not lose requests that left the queue
+            for state in joining:
+                if state not in self.rows:
+                    self.fail(state, err, outbox)
+            return None
+
+    def prefill(self, joining: list[RequestState], outbox: Outbox) -> torch.Tensor | None:
+        first = len(self.rows)
+        contexts = [list(s.request.prompt_ids) for s in joining]
+        logits: torch.Tensor | None
+        try:
+            logits = self.runner.start(contexts)
+            admitted = joining
+        except Exception:
+            logger.exception("prefill of %d requests failed; retrying one by one", len(joining))
+            self.runner.truncate(first)
+            admitted, parts = [], []
+            for state, context in zip(joining, contexts, strict=True):
+                try:
+                    parts.append(self.runner.start([context]))
+                except Exception as err:
+                    self.runner.truncate(first + len(admitted))
+                    self.fail(state, err, outbox)
+                else:
+                    admitted.append(state)
+            logits = torch.cat(parts) if parts else None
+        for state in admitted:
+            row = len(self.rows)
+            self.rows.append(state)
+            self.seen[row].zero_()
+            self.seen[row, torch.tensor(state.request.prompt_ids, device=self.device)] = True
+        if admitted:
             self.batch_params = None
             self.metrics.running = len(self.rows)
-        return joining
+        return logits
 
-    def sample(self, logits: torch.Tensor) -> tuple[list[int], list[float], TopCandidates | None]:
-        """Next token of every row, its log-probability, and the most likely tokens with their
-        log-probabilities if any row asked for them."""
+    def sample(self, logits: torch.Tensor) -> tuple[list[int], dict[int, Exception]]:
+        """Next token of every row, and the rows whose sampling failed (their token is a
+        placeholder). A failed batch is sampled again row by row: sampling draws its random
+        numbers after everything that can fail, so no row's generator has moved, and each row
+        alone gets exactly the token it gets in a batch."""
         n = logits.size(0)
-        if self.batch_params is None:
-            params = [s.request.sampling for s in self.rows]
-            self.batch_params = BatchParams.stack(params, self.device)
-            self.top_logprobs = max(s.request.top_logprobs for s in self.rows)
-        generators = [s.generator for s in self.rows]
-        ids = sample_batch(logits, self.batch_params, generators, self.seen[:n])
-        if self.batch_params.penalizing:
-            self.seen[torch.arange(n, device=self.device), ids] = True
+        try:
+            if self.batch_params is None:
+                self.batch_params = BatchParams.stack(
+                    [s.request.sampling for s in self.rows], self.device
+                )
+                self.top_logprobs = max(s.request.top_logprobs for s in self.rows)
+            ids = sample_batch(
+                logits, self.batch_params, [s.generator for s in self.rows], self.seen[:n]
+            )
+            if self.batch_params.penalizing:
+                self.seen[torch.arange(n, device=self.device), ids] = True
+            return ids.tolist(), {}
+        except Exception:
+            logger.exception("sampling %d rows failed; sampling them one by one", n)
+            self.batch_params = None
+        token_ids, failures = [], {}
+        for row, state in enumerate(self.rows):
+            try:
+                params = BatchParams.stack([state.request.sampling], self.device)
+                seen = self.seen[row : row + 1]
+                ids = sample_batch(logits[row : row + 1], params, [state.generator], seen)
+                seen[0, ids] = True
+                token_ids.append(int(ids[0]))
+            except Exception as err:
+                failures[row] = err
+                token_ids.append(0)
+        self.top_logprobs = max(s.request.top_logprobs for s in self.rows)
+        return token_ids, failures
+
+    def model_logprobs(
+        self, logits: torch.Tensor, token_ids: list[int]
+    ) -> tuple[list[float], TopCandidates | None]:
+        """The model's log-probability of each row's token, and its most likely tokens if any
+        row asked for them."""
         logprobs = logits.float().log_softmax(dim=-1)  # (n, V), the model's own distribution
+        ids = torch.tensor(token_ids, device=logits.device)
         chosen = logprobs.gather(1, ids[:, None])[:, 0].nan_to_num_(LOGPROB_FLOOR, 0, LOGPROB_FLOOR)
         tops = None
         if self.top_logprobs:
-            values, indices = logprobs.topk(self.top_logprobs, dim=-1)  # (n, k)
+            values, indices = logprobs.topk(min(self.top_logprobs, self.vocab_size), dim=-1)
             values = values.nan_to_num_(LOGPROB_FLOOR, 0, LOGPROB_FLOOR)
             tops = (indices.tolist(), values.tolist())
-        return ids.tolist(), chosen.tolist(), tops
+        return chosen.tolist(), tops
 
     def token_text(self, token_id: int) -> str:
         text = self.token_texts.get(token_id)
@@ -463,15 +432,12 @@ class Engine:
             )
         state.held.append(TokenEvent(token_id, delta, logprob, alternatives))
         state.text += delta
-        ready = len(state.text)
-        if request.stop:
-            stop_at = find_stop(state.text, request.stop, len(delta))
-            if stop_at is not None:
-                state.text = state.text[:stop_at]
-                self.release(state, stop_at, outbox, cut=True)
-                return "stop"
-            ready -= partial_stop_length(state.text, request.stop)
-        self.release(state, ready, outbox)
+        stop_at = state.stops.stop_at(state.text, len(delta))
+        if stop_at is not None:
+            state.text = state.text[:stop_at]
+            self.release(state, stop_at, outbox, cut=True)
+            return "stop"
+        self.release(state, state.stops.releasable(state.text), outbox)
         if len(state.token_ids) >= request.max_new_tokens:
             return "length"
         return None
@@ -511,16 +477,29 @@ class Engine:
         outbox.append((state, completion))
         self.metrics.count_finished(reason)
 
-    def retire_cancelled(self, outbox: Outbox) -> None:
+    def fail(self, state: RequestState, err: Exception, outbox: Outbox) -> None:
+        """End one request with the error its own work raised; the others go on."""
+        logger.error(
+            "request failed alone (%s: %s); the rest of its batch goes on", type(err).__name__, err
+        )
+        message = f"generation of this request failed ({type(err).__name__}: {err})"
+        outbox.append((state, RequestFailedError(message)))
+        self.metrics.requests_failed += 1
+
+    def retire(
+        self, outbox: Outbox, ends: Callable[[RequestState], bool], reason: FinishReason
+    ) -> None:
+        """Finish, with `reason`, the waiting and running requests for which `ends` holds."""
         with self.lock:
-            for state in [s for s in self.waiting if s.stream.cancel_requested]:
+            leaving = [s for s in self.waiting if ends(s)]
+            for state in leaving:
                 self.waiting.remove(state)
-                self.finish(state, "cancelled", outbox)
+                self.finish(state, reason, outbox)
             self.metrics.waiting = len(self.waiting)
-        cancelled = [row for row, s in enumerate(self.rows) if s.stream.cancel_requested]
-        for row in cancelled:
-            self.finish(self.rows[row], "cancelled", outbox)
-        self.remove_rows(cancelled)
+        rows = [row for row, s in enumerate(self.rows) if ends(s)]
+        for row in rows:
+            self.finish(self.rows[row], reason, outbox)
+        self.remove_rows(rows)
 
     def remove_rows(self, rows: list[int]) -> None:
         """Free the rows; the last row moves into each freed one, so rows stay packed."""
@@ -537,18 +516,20 @@ class Engine:
 
     def fail_all(self, error: EngineError, outbox: Outbox) -> None:
         """End every running request with `error` and empty the batch: the failed step may
-        have left the rows half-updated. (A request that finished earlier in the step keeps
-        its Completion, which is queued first.)"""
-        outbox.extend((state, error) for state in self.rows)
-        self.metrics.requests_failed += len(self.rows)
+        have left the rows half-updated. (A request that ended earlier in the step keeps its
+        Completion, which is queued first.) Waiting requests stay queued."""
+        ended = {id(state) for state, item in outbox if not isinstance(item, TokenEvent)}
+        failed = [state for state in self.rows if id(state) not in ended]
+        outbox.extend((state, error) for state in failed)
+        self.metrics.requests_failed += len(failed)
         self.rows.clear()
-        self.runner.clear()
+        self.runner.truncate(0)
         self.batch_params = None
         self.metrics.running = 0
 
     def deliver(self, outbox: Outbox) -> None:
-        """Hand this step's events to their event loops: one wake-up per loop per step."""
-        by_loop: dict[asyncio.AbstractEventLoop, Deliveries] = {}
+        """Hand this step's items to their event loops: one wake-up per loop per step."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, StreamItem]]] = {}
         for state, item in outbox:
             by_loop.setdefault(state.stream.loop, []).append((state.stream, item))
         for loop, items in by_loop.items():
@@ -560,6 +541,6 @@ class Engine:
                 self.cancel_signal.set()
 
 
-def put_all(items: Deliveries) -> None:
+def put_all(items: list[tuple[Stream, StreamItem]]) -> None:
     for stream, item in items:
-        stream.queue.put_nowait(item)
+        stream.put(item)

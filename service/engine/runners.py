@@ -30,8 +30,8 @@ class Runner(Protocol):
         """Drop a row: the last row moves into its place."""
         ...
 
-    def clear(self) -> None:
-        """Drop every row."""
+    def truncate(self, rows: int) -> None:
+        """Keep rows 0..rows-1 and drop the others (those of a failed prefill, or all)."""
         ...
 
     def warm_up(self) -> None:
@@ -133,8 +133,8 @@ class GPTRunner:
                 "(TINYGPT_COMPILE_DECODE) off"
             ) from err
 
-    def clear(self) -> None:
-        self.windows.clear()
+    def truncate(self, rows: int) -> None:
+        del self.windows[rows:]
 
     def remove(self, row: int) -> None:
         last = len(self.windows) - 1
@@ -164,7 +164,7 @@ class BigramRunner:
     def warm_up(self) -> None:
         """Nothing to prepare."""
 
-    def clear(self) -> None:
+    def truncate(self, rows: int) -> None:
         """Rows hold no state of their own."""
 
     def remove(self, row: int) -> None:

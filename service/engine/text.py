@@ -31,22 +31,41 @@ class IncrementalDecoder:
         return extended[len(settled) :]
 
 
-def find_stop(text: str, stops: Sequence[str], new_chars: int) -> int | None:
-    """Index in `text` of the earliest stop string that ends within its last `new_chars`
-    characters (earlier ones were looked for when their text arrived), or None."""
-    longest = max(map(len, stops))
-    start = max(0, len(text) - new_chars - longest + 1)
-    found = [i for i in (text.find(stop, start) for stop in stops) if i >= 0]
-    return min(found, default=None)
+class StopChecker:
+    """Where a request's text ends, given its stop strings, and how much of it may go out.
+
+    Text that could be the start of a stop string is held back until the next tokens show
+    whether the stop string completes; the stop string itself never goes out.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.longest = max(map(len, self.stops), default=0)
+
+    def stop_at(self, text: str, new_chars: int) -> int | None:
+        """Index in `text` of the earliest stop string that ends within its last `new_chars`
+        characters (earlier ones were looked for when their text arrived), or None."""
+        if not self.stops:
+            return None
+        start = max(0, len(text) - new_chars - self.longest + 1)
+        found = [i for i in (text.find(stop, start) for stop in self.stops) if i >= 0]
+        return min(found, default=None)
+
+    def releasable(self, text: str) -> int:
+        """How many characters of `text` can go out: all but its longest end that could be
+        the start of a stop string."""
+        return len(text) - max((held_back(text, stop) for stop in self.stops), default=0)
 
 
-def partial_stop_length(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `text` that could be the start of a stop string: text that
-    must be held back until the next tokens show whether a stop string completes."""
-    best = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:k]):
-                best = k
-                break
-    return best
+def held_back(text: str, stop: str) -> int:
+    """Length of the longest end of `text` that is a proper prefix of `stop`. Only prefixes
+    ending in text's last character can match, so those alone are compared."""
+    if not text:
+        return 0
+    last = text[-1]
+    end = min(len(stop) - 1, len(text))
+    while (i := stop.rfind(last, 0, end)) >= 0:
+        if text.endswith(stop[: i + 1]):
+            return i + 1
+        end = i
+    return 0

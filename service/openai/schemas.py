@@ -13,9 +13,19 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from service.schemas import MinP, ModelId, RepetitionPenalty, RequestBody, StopString
+from service.schemas import (
+    MAX_COUNT,
+    MinP,
+    ModelId,
+    RepetitionPenalty,
+    RequestBody,
+    StopString,
+    StopStrings,
+    Temperature,
+    TopK,
+    TopP,
+)
 
-MAX_STOP_STRINGS = 4
 MAX_LOGPROBS = 5
 
 
@@ -32,14 +42,17 @@ class CompletionRequest(RequestBody):
         Meta(description="text to continue, or a list of texts (choices are prompt-major)"),
     ] = ""
     max_tokens: (
-        Annotated[int, Meta(ge=1, description="tokens to generate per choice (default 16)")] | None
+        Annotated[
+            int, Meta(ge=1, le=MAX_COUNT, description="tokens to generate per choice (default 16)")
+        ]
+        | None
     ) = 16
-    temperature: Annotated[float, Meta(ge=0, description="0 means greedy")] | None = 1.0
-    top_p: Annotated[float, Meta(gt=0, le=1)] | None = 1.0
+    temperature: Temperature | None = 1.0
+    top_p: TopP | None = 1.0
     n: Annotated[int, Meta(ge=1, le=16, description="choices per prompt")] | None = 1
     stop: (
         Annotated[
-            StopString | Annotated[list[StopString], Meta(max_length=MAX_STOP_STRINGS)],
+            StopString | StopStrings,
             Meta(description="up to 4 strings; generation ends before the first of them"),
         ]
         | None
@@ -74,9 +87,9 @@ class CompletionRequest(RequestBody):
         Annotated[bool, Meta(description="put the prompt before the completion (and its logprobs)")]
         | None
     ) = False
-    user: str | None = None
+    user: Annotated[str, Meta(max_length=256)] | None = None
     # This server's extras, as in POST /v1/generate.
-    top_k: Annotated[int, Meta(ge=1)] | None = None
+    top_k: TopK | None = None
     min_p: MinP = 0.0
     repetition_penalty: RepetitionPenalty = 1.0
     # OpenAI's, accepted only at their neutral values.

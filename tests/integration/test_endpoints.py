@@ -27,7 +27,12 @@ def test_health_and_ready(client):
 def test_models_are_listed_and_the_broken_folder_is_skipped_with_its_reason(client, server):
     body = client.get("/v1/models").json()
     assert [model["id"] for model in body["data"]] == MODELS
-    assert body["limits"] == {"max_new_tokens": 1024, "max_prompt_chars": 4096}
+    assert body["limits"] == {
+        "max_new_tokens": 1024,
+        "max_prompt_chars": 4096,
+        "max_request_sequences": 64,
+        "max_client_sequences": 128,
+    }
     bigram, gpt = body["data"]
     assert (bigram["kind"], bigram["context_length"]) == ("bigram", 1)
     assert (gpt["kind"], gpt["context_length"]) == ("gpt", GPT_BLOCK_SIZE)

@@ -1,6 +1,13 @@
 import torch
 
-from models.sampling import SamplingParams, filtered_probs, sample_next, seeded_generator
+from models.sampling import (
+    BatchParams,
+    SamplingParams,
+    removed_by_filters,
+    sample_next,
+    scale_by_temperature,
+    seeded_generator,
+)
 
 V = 10
 
@@ -29,17 +36,26 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
 
 def test_filters_keep_the_right_tokens():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    one = torch.ones(1)
 
-    def probs(top_k=0, top_p=1.0, min_p=0.0):
-        return filtered_probs(
-            logits, one, torch.tensor([top_k]), torch.tensor([top_p]), torch.tensor([min_p])
-        )[0]
+    def kept(top_k=0, top_p=1.0, min_p=0.0):
+        removed = removed_by_filters(
+            logits, torch.tensor([top_k]), torch.tensor([top_p]), torch.tensor([min_p])
+        )
+        return (~removed[0]).tolist()
 
-    assert (probs(top_k=2) > 0).tolist() == [True, True, False, False]
-    assert (probs(top_p=0.7) > 0).tolist() == [True, True, False, False]
-    assert (probs(min_p=0.2) > 0).tolist() == [True, True, True, False]
-    assert torch.allclose(probs(top_k=2), torch.tensor([0.625, 0.375, 0, 0]))
+    assert kept(top_k=2) == [True, True, False, False]
+    assert kept(top_p=0.7) == [True, True, False, False]
+    assert kept(min_p=0.2) == [True, True, True, False]
+    assert kept() == [True] * 4
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    logits = logits_batch()
+    for temperature in (1e-30, 1e-300, 5e-324):
+        params = [SamplingParams(temperature=temperature)] * 4
+        batch = BatchParams.stack(params, "cpu")
+        assert torch.isfinite(scale_by_temperature(logits, batch.temperature)).all()
+        assert torch.equal(sample_next(logits, params, gens(range(4))), logits.argmax(dim=-1))
 
 
 def test_same_seed_same_draws_whatever_the_batch():

@@ -88,7 +88,12 @@ async def test_the_app_refuses_to_start_when_no_checkpoint_loads(tmp_path):
 async def test_models_lists_metrics_and_limits(client):
     body = (await client.get("/v1/models")).json()
     assert [m["id"] for m in body["data"]] == [BIGRAM_ID, GPT_ID]
-    assert body["limits"] == {"max_new_tokens": 1024, "max_prompt_chars": 4096}
+    assert body["limits"] == {
+        "max_new_tokens": 1024,
+        "max_prompt_chars": 4096,
+        "max_request_sequences": 64,
+        "max_client_sequences": 128,
+    }
     gpt = body["data"][1]
     assert {"kind", "vocab_size", "parameters", "context_length", "device", "metrics"} <= set(gpt)
     assert gpt["device"] == "cpu" and "val_loss" in gpt["metrics"]
@@ -128,10 +133,10 @@ async def test_routing_errors_use_the_error_shape(client):
 
 
 async def test_an_unexpected_error_is_a_500_without_details(client, caplog):
-    async def explode(request):
+    def explode(model_id):
         raise RuntimeError("secret internals")
 
-    client.app.state.registry.generate = explode
+    client.app.state.registry.get = explode
     response = await client.post("/v1/generate", json={"model": GPT_ID})
     message = assert_error(response, 500, "internal_error")
     assert "secret" not in response.text and "server log" in message

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from service.engine import GenerationRequest
 from service.exceptions import InvalidRequestError
 from service.registry import ModelRegistry
 from service.schemas import (
-    GenerateRequest,
     NeighboursRequest,
     NextTokenRequest,
     TokenizeRequest,
@@ -58,7 +58,7 @@ async def test_next_token_and_generate_work_with_any_text(registry):
     context = "Juliet ♥"
     result = await registry.next_token(NextTokenRequest(model="gpt-bpe", context=context, top_k=3))
     assert len(result.distribution) == 3
-    generated = await registry.generate(
-        GenerateRequest(model="gpt-bpe", prompt="ROMEO:", max_new_tokens=20, seed=3)
-    )
+    model = registry.get("gpt-bpe")
+    request = GenerationRequest(model.prompt_ids("ROMEO:"), max_new_tokens=20, seed=3)
+    generated = await model.engine.submit(request).collect()
     assert generated.usage.completion_tokens == 20 and generated.text

@@ -19,11 +19,14 @@ from service.engine import (
     Engine,
     EngineClosedError,
     EngineConfig,
+    EngineError,
     GenerationRequest,
     QueueFullError,
+    RequestFailedError,
 )
-from service.engine_metrics import EngineCollector
-from service.engine_text import IncrementalDecoder, find_stop, partial_stop_length
+from service.engine import core as engine_core
+from service.engine.metrics import EngineCollector
+from service.engine.text import IncrementalDecoder, StopChecker
 
 pytestmark = pytest.mark.anyio
 
@@ -261,6 +264,102 @@ async def test_invalid_requests_are_refused(engine: Engine):
         engine.submit(GenerationRequest([V], 5))
 
 
+POISONED_SEED = 666
+
+
+def poison_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sampling raises whenever the batch holds the request seeded POISONED_SEED: a failure
+    that belongs to that one request."""
+    real = engine_core.sample_batch
+
+    def sample_batch(logits, params, generators, seen=None):
+        if any(g.initial_seed() == POISONED_SEED for g in generators):
+            raise ValueError("this request's sampling parameters are poisoned")
+        return real(logits, params, generators, seen)
+
+    monkeypatch.setattr(engine_core, "sample_batch", sample_batch)
+
+
+def seeded_requests(count: int) -> list[GenerationRequest]:
+    params = SamplingParams(temperature=0.9, top_k=10, repetition_penalty=1.2)
+    return [request("the cat"[: 1 + i], 30 + i, sampling=params, seed=i) for i in range(count)]
+
+
+async def test_a_request_whose_sampling_fails_ends_alone(engine, monkeypatch):
+    good = seeded_requests(7)
+    alone = [(await engine.submit(r).collect()).text for r in good]
+    poison_sampling(monkeypatch)
+    bad = request("a dog", 50, seed=POISONED_SEED)
+    streams = engine.submit_all([*good[:3], bad, *good[3:]])
+    results = await asyncio.gather(*(s.collect() for s in streams), return_exceptions=True)
+    failure = results.pop(3)
+    assert isinstance(failure, RequestFailedError) and "poisoned" in str(failure)
+    assert [c.text for c in results] == alone  # the others: exactly their solo text
+    assert engine.metrics.requests_failed == 1
+    assert (await engine.submit(good[0]).collect()).text == alone[0]  # and it serves on
+
+
+async def test_a_prefill_that_fails_ends_that_request_alone(engine, monkeypatch):
+    runner, real = engine.runner, engine.runner.start
+    marker = TOKENIZER.encode("q")[0]
+
+    def start(contexts):
+        if any(marker in c for c in contexts):
+            raise RuntimeError("cannot prefill this prompt")
+        return real(contexts)
+
+    monkeypatch.setattr(runner, "start", start)
+    good = seeded_requests(4)
+    alone = [(await engine.submit(r).collect()).text for r in good]
+    streams = engine.submit_all([good[0], request("quiet", 10), *good[1:]])
+    results = await asyncio.gather(*(s.collect() for s in streams), return_exceptions=True)
+    assert isinstance(results.pop(1), RequestFailedError)
+    assert [c.text for c in results] == alone
+
+
+async def test_a_failed_forward_pass_ends_the_batch_and_the_engine_recovers(engine, monkeypatch):
+    running = engine.submit(request("the", 100_000))
+    await anext(running)
+    real = engine.runner.advance
+
+    def advance_once(token_ids):
+        monkeypatch.setattr(engine.runner, "advance", real)
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine.runner, "advance", advance_once)
+    with pytest.raises(EngineError, match="device lost"):
+        await running.collect()
+    completion = await engine.submit(request("the", 5, sampling=GREEDY)).collect()
+    assert completion.finish_reason == "length" and len(completion.tokens) == 5
+
+
+async def test_requests_are_admitted_all_or_none(gpt: GPT):
+    engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=2, max_waiting=1))
+    engine.start()
+    with pytest.raises(QueueFullError, match="room for 3 more, 4 asked for"):
+        engine.submit_all([request(max_new_tokens=5)] * 4)
+    assert engine.metrics.waiting == 0 and not engine.waiting
+    completions = [await s.collect() for s in engine.submit_all([request(max_new_tokens=5)] * 3)]
+    assert all(c.finish_reason == "length" for c in completions)
+    engine.stop()
+
+
+async def test_a_request_past_its_deadline_ends_with_timeout(engine: Engine):
+    stream = engine.submit(request("the", 100_000, timeout=0.2))
+    completion = await stream.collect()
+    assert completion.finish_reason == "timeout"
+    assert completion.tokens and engine.metrics.requests_finished["timeout"] == 1
+
+
+async def test_a_top_k_beyond_the_vocabulary_keeps_every_token(engine: Engine):
+    wide = SamplingParams(temperature=1.0, top_k=2**62)
+    texts = [
+        (await engine.submit(request(sampling=params, seed=5)).collect()).text
+        for params in (wide, SamplingParams(temperature=1.0))
+    ]
+    assert texts[0] == texts[1]
+
+
 async def test_bigram_samples_from_its_table():
     torch.manual_seed(0)
     model = BigramLanguageModel(BigramConfig(vocab_size=V, init="normal"))
@@ -305,9 +404,11 @@ def test_incremental_decoding_never_splits_a_character():
     assert deltas == ["a", "", "é", "!"]
 
 
-def test_stop_string_helpers():
-    assert find_stop("hello wor", ["wor", "o wor"], new_chars=1) == 4  # the earliest wins
-    assert find_stop("hello wor", ["lo"], new_chars=1) is None  # ended earlier: seen then
-    assert find_stop("hello", ["xyz"], new_chars=5) is None
-    assert partial_stop_length("the en", ["end", "n."]) == 2  # "en" may become "end"
-    assert partial_stop_length("the cat", ["end"]) == 0
+def test_stop_checker():
+    assert StopChecker(["wor", "o wor"]).stop_at("hello wor", new_chars=1) == 4  # earliest
+    assert StopChecker(["lo"]).stop_at("hello wor", new_chars=1) is None  # seen back then
+    assert StopChecker(["xyz"]).stop_at("hello", new_chars=5) is None
+    assert StopChecker(["end", "n."]).releasable("the en") == 4  # "en" may become "end"
+    assert StopChecker(["end"]).releasable("the cat") == 7
+    assert StopChecker(["abab"]).releasable("xxaba") == 2  # "aba" may become "abab"
+    assert StopChecker([]).releasable("the en") == 6

@@ -1,5 +1,7 @@
 """Rate limiting per client, CORS, and the per-request timeout."""
 
+import asyncio
+
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
@@ -85,3 +87,40 @@ async def test_generous_timeout_changes_nothing(settings: Settings):
             "/v1/generate", json={"model": GPT_ID, "prompt": "a", "max_new_tokens": 5}
         )
         assert response.json()["finish_reason"] in ("length", "stop")
+
+
+# -- fair shares ------------------------------------------------------------------------
+
+
+async def test_a_client_over_its_concurrent_sequences_is_refused_until_some_end(settings):
+    import string
+
+    from models.gpt import GPT, GPTConfig
+    from models.tokenizer import CharTokenizer
+    from service.engine import Engine, EngineConfig, GenerationRequest
+    from service.exceptions import ClientBusyError, InvalidRequestError
+    from service.limits import Admission
+
+    tokenizer = CharTokenizer(sorted(set(string.ascii_lowercase)))
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=1,
+                          n_embd=8))  # fmt: skip
+    engine = Engine(model, tokenizer, EngineConfig(max_running=4, max_waiting=4))
+    engine.start()
+    admission = Admission(msgspec.structs.replace(settings, max_client_sequences=3))
+    forever = GenerationRequest([0], max_new_tokens=10**9)
+    try:
+        [running] = admission.submit(engine, [forever], "alice", "prompt")
+        with pytest.raises(ClientBusyError, match="already has 1 sequences"):
+            admission.submit(engine, [forever] * 3, "alice", "prompt")
+        others = admission.submit(engine, [forever] * 3, "bob", "prompt")  # bob has his own
+        with pytest.raises(InvalidRequestError, match="4 sequences"):  # never admissible
+            admission.submit(engine, [forever] * 4, "carol", "prompt")
+        assert admission.held == {"alice": 1, "bob": 3}
+        running.cancel()
+        await running.collect()
+        assert admission.held == {"bob": 3}  # released before the reader saw the end
+        admission.submit(engine, [GenerationRequest([0], max_new_tokens=2)] * 3, "alice", "p")
+        for stream in others:
+            stream.cancel()
+    finally:
+        await asyncio.to_thread(engine.stop)

@@ -5,7 +5,7 @@ import math
 import msgspec
 import pytest
 
-from service.openai_schemas import CompletionRequest
+from service.openai.schemas import CompletionRequest
 from service.registry import ModelRegistry, next_token_distribution
 from service.settings import Settings
 from tests.conftest import corpus_text

@@ -16,7 +16,6 @@ from service.exceptions import (
 from service.registry import ModelRegistry
 from service.schemas import (
     DetokenizeRequest,
-    GenerateRequest,
     NeighboursRequest,
     NextTokenRequest,
     TokenizeRequest,
@@ -92,60 +91,9 @@ async def test_unknown_model_names_the_available_ones(registry):
     assert caught.value.param == "model"
 
 
-# -- generation -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("model", [BIGRAM_ID, GPT_ID])
-async def test_generation_is_reproducible_with_a_seed(registry, model):
-    request = GenerateRequest(model=model, prompt="The ", max_new_tokens=30, seed=11)
-    first = await registry.generate(request)
-    assert first == await registry.generate(request)
-    assert len(first.token_ids) == 30 and first.finish_reason == "length"
-    assert first.usage.prompt_tokens == 4 and first.usage.completion_tokens == 30
-
-
-async def test_an_empty_prompt_starts_from_the_start_token(registry):
-    result = await registry.generate(GenerateRequest(model=GPT_ID, max_new_tokens=5, seed=1))
-    assert result.usage.prompt_tokens == 0 and len(result.token_ids) == 5
-
-
-async def test_stop_cuts_the_text_before_the_first_stop_string(registry):
-    request = GenerateRequest(model=BIGRAM_ID, max_new_tokens=200, seed=3)
-    full = await registry.generate(request)
-    stop = full.text[10:12]
-    cut = await registry.generate(
-        GenerateRequest(model=BIGRAM_ID, max_new_tokens=200, seed=3, stop=[stop, "\u2603"])
-    )
-    index = full.text.index(stop)
-    assert cut.text == full.text[:index] and cut.finish_reason == "stop"
-    assert cut.token_ids == full.token_ids[:index]
-    # Usage counts every token generated, the stop string's too (as OpenAI's API does).
-    assert cut.usage.completion_tokens == index + len(stop)
-
-
-async def test_max_new_tokens_above_the_cap_is_refused(checkpoint_folder):
-    registry = ModelRegistry(
-        Settings(checkpoints=str(checkpoint_folder), device="cpu", max_new_tokens=8)
-    )
-    await registry.load()
-    with pytest.raises(InvalidRequestError, match="cap of 8") as caught:
-        await registry.generate(GenerateRequest(model=GPT_ID, max_new_tokens=9))
-    assert caught.value.param == "max_new_tokens"
-
-
-async def test_a_prompt_longer_than_the_limit_is_refused(checkpoint_folder):
-    registry = ModelRegistry(
-        Settings(checkpoints=str(checkpoint_folder), device="cpu", max_prompt_chars=5)
-    )
-    await registry.load()
-    with pytest.raises(InvalidRequestError, match="6 characters") as caught:
-        await registry.generate(GenerateRequest(model=GPT_ID, prompt="abcdef"))
-    assert caught.value.param == "prompt"
-
-
 async def test_a_character_outside_the_vocabulary_is_named(registry):
     with pytest.raises(InvalidRequestError, match="'~' at position 2") as caught:
-        await registry.generate(GenerateRequest(model=GPT_ID, prompt="ab~"))
+        registry.get(GPT_ID).prompt_ids("ab~")
     assert caught.value.param == "prompt"
 
 

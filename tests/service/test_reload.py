@@ -1,13 +1,17 @@
 """POST /admin/reload: admin key, swap what verifies, refuse what does not."""
 
+import json
 import shutil
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
+from service.engine import Engine
+from service.registry import ModelRegistry
 from service.settings import Settings
 from tests.service.test_app import assert_error
 from tests.service.tiny_models import BIGRAM_ID, GPT_ID
@@ -101,3 +105,45 @@ async def test_a_stream_running_across_a_reload_completes(client, root: Path):
     assert "event: done" in rest
     done = rest[rest.index("event: done") + 1]
     assert '"finish_reason":"cancelled"' not in done
+
+
+async def test_overlapping_reloads_leave_no_engine_running_unserved(
+    settings: Settings, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    started: list[Engine] = []
+    real_start = Engine.start
+
+    def start(engine: Engine) -> None:
+        started.append(engine)
+        real_start(engine)
+
+    monkeypatch.setattr(Engine, "start", start)
+    registry = ModelRegistry(msgspec.structs.replace(settings, checkpoints=str(root)))
+    await registry.load()
+
+    variants = []  # what the bigram folder will hold in turn: checkpoints that all differ
+    for i in range(6):
+        variant = shutil.copytree(root / GPT_ID, tmp_path / f"variant-{i}")
+        manifest = json.loads((variant / "manifest.json").read_text())
+        (variant / "manifest.json").write_text(json.dumps({**manifest, "note": i}))
+        variants.append(variant)
+
+    async def change_then_reload(i: int) -> None:
+        await anyio.sleep(i * 0.005)  # the reloads overlap: each takes longer than that
+        shutil.rmtree(root / BIGRAM_ID)
+        shutil.copytree(variants[i], root / BIGRAM_ID)
+        await registry.reload()
+
+    async with anyio.create_task_group() as group:
+        for i in range(6):
+            group.start_soon(change_then_reload, i)
+    served = {id(model.engine) for model in registry.loaded_models().values()}
+    for engine in started:
+        if id(engine) not in served:
+            assert engine.thread is not None
+            engine.thread.join(timeout=30)
+            assert not engine.running, "an engine no longer served is still running"
+    assert len(started) > len(served)  # the reloads did replace engines
+    assert {m.engine.running for m in registry.loaded_models().values()} == {True}
+    await registry.unload()
+    assert not any(engine.running for engine in started)
