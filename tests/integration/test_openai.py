@@ -5,6 +5,7 @@ import json
 import math
 import re
 import time
+from datetime import datetime
 
 import httpx
 import openai
@@ -120,8 +121,12 @@ def test_models_list_in_openai_shape(oai, client):
     models = oai.models.list()
     ids = [model.id for model in models.data]
     assert BIGRAM_ID in ids and GPT_ID in ids
-    assert all(m.object == "model" and m.owned_by and m.created >= 0 for m in models.data)
     body = client.get("/v1/models").json()
+    made = {m["id"]: datetime.fromisoformat(m["created_at"]) for m in body["data"]}
+    for model in models.data:
+        assert model.object == "model" and model.owned_by == "tinygpt-serve"
+        assert model.created == int(made[model.id].timestamp())  # Unix time of the checkpoint
+        assert abs(time.time() - model.created) < 7 * 24 * 3600  # trained by this session
     assert body["object"] == "list" and "limits" in body
     assert {"kind", "vocab_size", "context_length"} <= set(body["data"][0])
 
