@@ -2,17 +2,17 @@
 
 Both are served a window at a time, so that no response grows with the vocabulary: a bigram
 table of at most `MAX_TABLE_SIDE` x `MAX_TABLE_SIDE` cells, at most `MAX_EMBEDDING_POINTS`
-points. These run in the registry's worker threads (under `torch.inference_mode()`), like the
-rest of the model work; handlers reach them through `ModelRegistry.bigram_table` and
-`ModelRegistry.embedding_projection`.
+points. These run in the inspector's worker threads (under `torch.inference_mode()`), like the
+rest of the model work (service.inspection).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import msgspec
 import torch
@@ -29,7 +29,7 @@ from service.schemas import (
 )
 
 if TYPE_CHECKING:
-    from service.registry import LoadedModel
+    from service.loaded_model import LoadedModel
 
 RankedBy = Literal["token_id", "training_counts", "stationary_probability"]
 # Below this many rows or columns the exact SVD is quick; above, its cost grows as the cube.
@@ -87,11 +87,26 @@ class Ranking:
     ranked_by: RankedBy
 
 
-# Per model (its weights), computed on first use: a reloaded checkpoint is a new module.
-_frequency_rankings: weakref.WeakKeyDictionary[torch.nn.Module, Ranking] = (
-    weakref.WeakKeyDictionary()
-)
-_rankings_lock = threading.Lock()
+V = TypeVar("V")
+
+
+class PerModel(Generic[V]):
+    """Values computed once per model, on first use, and kept as long as its weights live:
+    a reloaded checkpoint is a new module, so it gets its own."""
+
+    def __init__(self, compute: Callable[[LoadedModel], V]):
+        self.compute = compute
+        self.values: weakref.WeakKeyDictionary[torch.nn.Module, V] = weakref.WeakKeyDictionary()
+        self.lock = threading.Lock()
+
+    def __call__(self, model: LoadedModel) -> V:
+        with self.lock:
+            known = self.values.get(model.model)
+        if known is None:
+            known = self.compute(model)
+            with self.lock:
+                self.values[model.model] = known
+        return known
 
 
 def stationary_distribution(
@@ -112,13 +127,10 @@ def stationary_distribution(
     return pi
 
 
+@PerModel
 def frequency_ranking(model: LoadedModel) -> Ranking:
     """Most frequent token first: by its count as the current token in the training split
     when the manifest has the counts, else by the model's stationary distribution."""
-    with _rankings_lock:
-        known = _frequency_rankings.get(model.model)
-    if known is not None:
-        return known
     counts = model.checkpoint.manifest.get("bigram_counts")
     ranked_by: RankedBy
     if counts is not None:
@@ -130,10 +142,7 @@ def frequency_ranking(model: LoadedModel) -> Ranking:
     ids = torch.sort(weights, descending=True, stable=True).indices
     ranks = torch.empty_like(ids)
     ranks[ids] = torch.arange(len(ids))
-    ranking = Ranking(ids=ids.tolist(), ranks=ranks.tolist(), ranked_by=ranked_by)
-    with _rankings_lock:
-        _frequency_rankings[model.model] = ranking
-    return ranking
+    return Ranking(ids=ids.tolist(), ranks=ranks.tolist(), ranked_by=ranked_by)
 
 
 def token_ranking(model: LoadedModel, order: TokenOrder) -> Ranking:
@@ -237,6 +246,7 @@ def principal_components(vectors: torch.Tensor, count: int = 2) -> tuple[torch.T
     return coords, explained
 
 
+@PerModel
 def embedding_projection(model: LoadedModel) -> EmbeddingProjection:
     """Every token vector (GPT: embedding rows; bigram: table rows) on 2 PCA axes fitted on
     all of them; `projection_page` serves a bounded run of it."""

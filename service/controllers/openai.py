@@ -12,6 +12,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from service.exceptions import ServiceError
+from service.inspection import Inspector
 from service.limits import Admission
 from service.openai.errors import openai_error_handler, openai_error_responses
 from service.openai.job import CompletionJob
@@ -45,6 +46,7 @@ class OpenAIController(Controller):
         data: JSONBody[CompletionRequest],
         request: Request,
         registry: NamedDependency[ModelRegistry],
+        inspector: NamedDependency[Inspector],
         admission: NamedDependency[Admission],
         settings: NamedDependency[Settings],
     ) -> Completion | EventStream:
@@ -55,7 +57,7 @@ class OpenAIController(Controller):
         is Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; bad input
         is refused with a 4xx before the stream starts."""
         job = CompletionJob(data, registry.get(data.model), settings)
-        await job.start(registry, admission, client_key(request))
+        await job.start(inspector, admission, client_key(request))
         if data.stream:
             return EventStream(job.events())
         return await job.whole()

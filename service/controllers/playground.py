@@ -12,6 +12,8 @@ from litestar.response import File
 from litestar.static_files import create_static_files_router
 
 from service.controllers import error_responses
+from service.exceptions import InvalidRequestError
+from service.inspection import Inspector
 from service.projections import TableWindow
 from service.registry import ModelRegistry
 from service.schemas import (
@@ -70,6 +72,7 @@ class PlaygroundController(Controller):
         self,
         model_id: ModelIdPath,
         registry: NamedDependency[ModelRegistry],
+        inspector: NamedDependency[Inspector],
         order: Annotated[
             TokenOrder | None,
             Parameter(
@@ -91,8 +94,17 @@ class PlaygroundController(Controller):
         ] = None,
     ) -> BigramTable:
         """Give a window of a bigram's table P(next | current), learned and empirical."""
+        model = registry.get(model_id, "model_id")
+        if model.kind != "bigram":
+            bigrams = [m.id for m in registry.loaded_models().values() if m.kind == "bigram"]
+            hint = f"; the bigram models here: {', '.join(bigrams)}" if bigrams else ""
+            raise InvalidRequestError(
+                f"model {model.id!r} is a {model.kind} model, and only bigram models have a "
+                f"table of P(next | current){hint}",
+                param="model_id",
+            )
         window = TableWindow(order, row_start, col_start, rows, cols, focus)
-        return await registry.bigram_table(model_id, window)
+        return await inspector.bigram_table(model, window)
 
     @get(
         "/{model_id:str}/embeddings",
@@ -103,6 +115,7 @@ class PlaygroundController(Controller):
         self,
         model_id: ModelIdPath,
         registry: NamedDependency[ModelRegistry],
+        inspector: NamedDependency[Inspector],
         offset: Annotated[
             int, token_position("token id of the first point; below the model's vocab_size")
         ] = 0,
@@ -116,7 +129,8 @@ class PlaygroundController(Controller):
         ] = DEFAULT_EMBEDDING_POINTS,
     ) -> EmbeddingProjection:
         """Project all token vectors onto their first two principal axes; serve a page of them."""
-        return await registry.embedding_projection(model_id, offset, limit)
+        model = registry.get(model_id, "model_id")
+        return await inspector.embedding_projection(model, offset, limit)
 
 
 @get("/", include_in_schema=False, sync_to_thread=False)

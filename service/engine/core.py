@@ -31,13 +31,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import torch
 
 from models.bigram import BigramLanguageModel
 from models.gpt import GPT
 from models.sampling import BatchParams, sample_batch, seeded_generator
+from models.tokenizer import TextTokenizer
 from service.engine.metrics import EngineMetrics
 from service.engine.request import (
     LOGPROB_FLOOR,
@@ -59,15 +59,6 @@ from service.engine.text import IncrementalDecoder, StopChecker
 logger = logging.getLogger(__name__)
 
 TopCandidates = tuple[list[list[int]], list[list[float]]]  # per row: ids, logprobs (best first)
-
-
-class Tokenizer(Protocol):
-    @property
-    def vocab_size(self) -> int: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-    def token_text(self, token_id: int) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +117,7 @@ class Engine:
     def __init__(
         self,
         model: GPT | BigramLanguageModel,
-        tokenizer: Tokenizer,
+        tokenizer: TextTokenizer,
         config: EngineConfig = EngineConfig(),
     ):
         if config.max_running < 1 or config.max_waiting < 0:

@@ -18,6 +18,7 @@ from litestar.response import ServerSentEventMessage
 from models.sampling import SamplingParams
 from service.engine import Completion as EngineCompletion
 from service.engine import EngineError, GenerationRequest, Stream, TokenEvent
+from service.inspection import Inspector, PromptTokenScore
 from service.limits import (
     Admission,
     check_new_tokens,
@@ -25,6 +26,7 @@ from service.limits import (
     check_text_length,
     generation_failed,
 )
+from service.loaded_model import LoadedModel
 from service.metrics import GENERATED_TOKENS, PROMPT_TOKENS
 from service.openai.errors import openai_error
 from service.openai.schemas import (
@@ -34,7 +36,6 @@ from service.openai.schemas import (
     CompletionRequest,
     CompletionUsage,
 )
-from service.registry import LoadedModel, ModelRegistry, PromptTokenScore
 from service.settings import Settings
 from service.sse import batch, sse
 
@@ -67,7 +68,7 @@ class CompletionJob:
         self.created = int(time.time())
         self.choices: list[Choice] = []
 
-    async def start(self, registry: ModelRegistry, admission: Admission, client: str) -> None:
+    async def start(self, inspector: Inspector, admission: Admission, client: str) -> None:
         """Check everything, score echoed prompts, then hand every choice to the engine at
         once; a failure here (before any byte is sent) becomes an error response."""
         data = self.data
@@ -80,7 +81,8 @@ class CompletionJob:
         scores: list[Sequence[PromptTokenScore]] = [() for _ in self.prompts]
         if data.echo and self.logprobs is not None:
             for i, prompt in enumerate(self.prompts):
-                scores[i] = await registry.score_prompt(self.model.id, prompt, self.logprobs)
+                ids = self.model.encode(prompt, "prompt")
+                scores[i] = await inspector.score_prompt(self.model, ids, self.logprobs)
         sampling = SamplingParams(
             temperature=data.temperature if data.temperature is not None else 1.0,
             top_k=data.top_k,

@@ -8,12 +8,8 @@ import pytest
 
 from service.engine import GenerationRequest
 from service.exceptions import InvalidRequestError
+from service.inspection import Inspector
 from service.registry import ModelRegistry
-from service.schemas import (
-    NeighboursRequest,
-    NextTokenRequest,
-    TokenizeRequest,
-)
 from service.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "gpt-bpe"
@@ -36,29 +32,35 @@ async def registry(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mo
 
 
 async def test_a_bare_word_finds_its_spaced_token(registry):
-    result = await registry.neighbours(NeighboursRequest(model="gpt-bpe", token="king", k=5))
-    tokens = [n.token for n in result.neighbours]
+    model = registry.get("gpt-bpe")
+    neighbours = await Inspector(registry.settings).neighbours(
+        model, [model.token_id("king", "token")], [], "cosine", 5
+    )
+    tokens = [n.token for n in neighbours]
     assert " king" not in tokens and len(tokens) == 5
     assert all(t.startswith(" ") for t in tokens), tokens  # whole words, shown decoded
 
 
 async def test_a_string_of_several_tokens_is_refused_clearly(registry):
     with pytest.raises(InvalidRequestError, match="exactly one token.*is 4 tokens"):
-        await registry.neighbours(NeighboursRequest(model="gpt-bpe", token="kingdom of", k=3))
+        registry.get("gpt-bpe").token_id("kingdom of", "token")
 
 
 async def test_tokens_are_shown_as_their_text(registry):
-    result = registry.tokenize(TokenizeRequest(model="gpt-bpe", text="ROMEO: I love thee"))
-    assert "".join(result.tokens) == "ROMEO: I love thee"
-    assert " love" in result.tokens and len(result.ids) < len("ROMEO: I love thee")
+    model = registry.get("gpt-bpe")
+    ids = model.encode("ROMEO: I love thee", "text")
+    tokens = [model.tokenizer.token_text(i) for i in ids]
+    assert "".join(tokens) == "ROMEO: I love thee"
+    assert " love" in tokens and len(ids) < len("ROMEO: I love thee")
 
 
 async def test_next_token_and_generate_work_with_any_text(registry):
     # Byte-level: characters no training text had still encode.
     context = "Juliet ♥"
-    result = await registry.next_token(NextTokenRequest(model="gpt-bpe", context=context, top_k=3))
-    assert len(result.distribution) == 3
     model = registry.get("gpt-bpe")
+    inspector = Inspector(registry.settings)
+    distribution, _ = await inspector.next_token(model, model.prompt_ids(context), 1.0, 3)
+    assert len(distribution) == 3
     request = GenerationRequest(model.prompt_ids("ROMEO:"), max_new_tokens=20, seed=3)
     generated = await model.engine.submit(request).collect()
     assert generated.usage.completion_tokens == 20 and generated.text

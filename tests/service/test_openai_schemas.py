@@ -5,8 +5,9 @@ import math
 import msgspec
 import pytest
 
+from service.inspection import Inspector, next_token_distribution
 from service.openai.schemas import CompletionRequest
-from service.registry import ModelRegistry, next_token_distribution
+from service.registry import ModelRegistry
 from service.settings import Settings
 from tests.conftest import corpus_text
 from tests.service.tiny_models import BIGRAM_ID, GPT_ID
@@ -52,10 +53,15 @@ async def registry(settings: Settings):
     await registry.unload()
 
 
+async def score_prompt(registry: ModelRegistry, model_id: str, prompt: str, top: int) -> list:
+    model = registry.get(model_id)
+    return await Inspector(registry.settings).score_prompt(model, model.encode(prompt, "p"), top)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("model_id", [BIGRAM_ID, GPT_ID])
 async def test_prompt_scores_match_the_next_token_distribution(registry, model_id):
-    scores = await registry.score_prompt(model_id, PROMPT, 3)
+    scores = await score_prompt(registry, model_id, PROMPT, 3)
     assert [s.text for s in scores] == list(PROMPT)
     assert scores[0].logprob is None and scores[0].top_logprobs == []
     model = registry.get(model_id)
@@ -73,9 +79,9 @@ async def test_prompt_scores_match_the_next_token_distribution(registry, model_i
 async def test_a_prompt_longer_than_the_context_is_scored_in_windows(registry):
     block = registry.get(GPT_ID).model.block_size
     prompt = corpus_text(3 * block + 5)
-    scores = await registry.score_prompt(GPT_ID, prompt, 0)
+    scores = await score_prompt(registry, GPT_ID, prompt, 0)
     assert len(scores) == len(prompt)
     assert all(math.isfinite(s.logprob) and s.logprob <= 0 for s in scores[1:])
     # The first window is scored with exactly the context a shorter prompt would have.
-    short = await registry.score_prompt(GPT_ID, prompt[:block], 0)
+    short = await score_prompt(registry, GPT_ID, prompt[:block], 0)
     assert [s.logprob for s in short[1:]] == pytest.approx([s.logprob for s in scores[1:block]])

@@ -403,18 +403,21 @@ async def test_large_vocabulary_embeddings_come_in_bounded_pages_of_one_fit(
 
 
 async def test_embeddings_are_computed_once_per_model(client, monkeypatch):
-    calls = []
-    real = service.projections.embedding_projection
+    fitted = []  # the vectors each PCA was fitted on
+    real = service.projections.principal_components
 
-    def counted(model):
-        calls.append(model.id)
-        return real(model)
+    def counted(vectors, count=2):
+        fitted.append(tuple(vectors.shape))
+        return real(vectors, count)
 
-    monkeypatch.setattr(service.projections, "embedding_projection", counted)
+    monkeypatch.setattr(service.projections, "principal_components", counted)
     first = await get_ok(client, f"/v1/models/{GPT_ID}/embeddings")
     assert await get_ok(client, f"/v1/models/{GPT_ID}/embeddings") == first
     await get_ok(client, f"/v1/models/{BIGRAM_ID}/embeddings")
-    assert calls == [GPT_ID, BIGRAM_ID]
+    gpt, bigram = (
+        client.app.state.registry.get(m).model.token_vectors() for m in (GPT_ID, BIGRAM_ID)
+    )
+    assert fitted == [tuple(gpt.shape), tuple(bigram.shape)]
 
 
 def test_principal_components_fix_each_axis_sign():
