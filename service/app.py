@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig
+from litestar.types import Guard
 
 from service.controllers.admin import AdminController
 from service.controllers.generation import GenerationController
@@ -32,11 +33,12 @@ from service.controllers.playground import (
 from service.controllers.tokenization import TokenizationController
 from service.decoding import StrictJSONRequest
 from service.errors import EXCEPTION_HANDLERS
+from service.inspection import Inspector
 from service.limits import Admission
 from service.metrics import MetricsController
 from service.openapi import ClosedRequestSchemaPlugin
 from service.registry import ModelRegistry
-from service.security import api_key_middleware, cors_config, rate_limit_middleware
+from service.security import api_key_guards, cors_config, rate_limit_middleware
 from service.settings import MAX_BODY_BYTES, Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,42 @@ def provide_admission(state: State) -> Admission:
     return state.admission
 
 
+def provide_inspector(state: State) -> Inspector:
+    return state.inspector
+
+
+DOCS_PATH = "/docs"
+
+
+def v1_router(guards: list[Guard]) -> Router:
+    """The `/v1` API, behind `guards` (the API-key guard when keys are configured)."""
+    return Router(
+        path="/v1",
+        route_handlers=[
+            ModelsController,
+            GenerationController,
+            OpenAIController,
+            InspectionController,
+            TokenizationController,
+            PlaygroundController,
+        ],
+        guards=guards,
+    )
+
+
+def docs_router(guards: list[Guard]) -> Router:
+    """The router Litestar fills with the OpenAPI document and Swagger UI; as its own default
+    one (out of the schema, no DTOs), plus `guards` (when TINYGPT_PROTECT_DOCS is on)."""
+    return Router(
+        path=DOCS_PATH,
+        route_handlers=[],
+        include_in_schema=False,
+        dto=None,
+        return_dto=None,
+        guards=guards,
+    )
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the application; `settings` default to the `TINYGPT_*` environment."""
     settings = settings or Settings.from_env()
@@ -83,15 +121,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exclude_unhandled_paths=True,
     )
     level = settings.log_level.upper()
+    guards = api_key_guards(settings)  # none when no API key is configured
     return Litestar(
         route_handlers=[
             HealthController,
-            ModelsController,
-            GenerationController,
-            OpenAIController,
-            InspectionController,
-            TokenizationController,
-            PlaygroundController,
+            v1_router(guards),
             playground_page,
             playground_static_files,
             MetricsController,
@@ -102,19 +136,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "settings": settings,
                 "registry": ModelRegistry(settings),
                 "admission": Admission(settings),
+                "inspector": Inspector(settings),
             }
         ),
         dependencies={
             "registry": Provide(provide_registry, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
             "admission": Provide(provide_admission, sync_to_thread=False),
+            "inspector": Provide(provide_inspector, sync_to_thread=False),
         },
         lifespan=[loaded_models],
         plugins=[ClosedRequestSchemaPlugin()],
-        middleware=[
-            prometheus.middleware,
-            *(m for m in (api_key_middleware(settings), rate_limit_middleware(settings)) if m),
-        ],
+        middleware=[prometheus.middleware, *filter(None, [rate_limit_middleware(settings)])],
         cors_config=cors_config(settings),
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=StrictJSONRequest,
@@ -124,7 +157,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version=package_version(),
             description="Sampling, next-token distributions and token-vector neighbours "
             "of small character-level language models.",
-            path="/docs",
+            path=DOCS_PATH,
+            openapi_router=docs_router(guards if settings.protect_docs else []),
             render_plugins=[SwaggerRenderPlugin()],
             use_handler_docstrings=True,
         ),

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 import msgspec
-
-# Litestar's own msgspec plugin, extended below; it has no public import path.
-from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar.exceptions import ImproperlyConfiguredException
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Reference, Schema
+from litestar.plugins import OpenAPISchemaPlugin, OpenAPISchemaPluginProtocol
+from litestar.typing import FieldDefinition
 
 from service.schemas import RequestBody
 
 if TYPE_CHECKING:
+    # Type only: Litestar's public plugin protocol (`litestar.plugins`) is annotated with this
+    # class and no public module exports it; nothing of it is imported at run time.
     from litestar._openapi.schema_generation import SchemaCreator
-    from litestar.typing import FieldDefinition
 
 # JSON Schema keywords for the constraints that msgspec enforces, and Schema's names for them.
 CONSTRAINTS = {
@@ -33,27 +35,52 @@ CONSTRAINTS = {
 }
 
 
-class ClosedRequestSchemaPlugin(StructSchemaPlugin):
+class ClosedRequestSchemaPlugin(OpenAPISchemaPlugin):
     """Request bodies as the server decodes them. They answer 400 to an unknown field
     (`forbid_unknown_fields`), so their schemas say `additionalProperties: false`; and
     Litestar drops the constraints of types nested in a list or a union (`ids` items >= 0, a
-    `stop` string's minimum length), so they are taken from msgspec's own JSON schema."""
+    `stop` string's minimum length), so they are taken from msgspec's own JSON schema.
+
+    The schema itself is Litestar's: the plugin asks the one Litestar would otherwise use for
+    the struct (its built-in msgspec plugin) and amends what that answers."""
 
     def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
-        return super().is_plugin_supported_field(field_definition) and (
-            field_definition.is_subclass_of(RequestBody)
-        )
+        return not field_definition.is_union and field_definition.is_subclass_of(RequestBody)
 
     def to_openapi_schema(
         self, field_definition: FieldDefinition, schema_creator: SchemaCreator
     ) -> Schema:
-        schema = super().to_openapi_schema(field_definition, schema_creator)
+        plugin = next_plugin_for(field_definition, schema_creator.plugins, after=self)
+        schema = plugin.to_openapi_schema(field_definition, schema_creator)
         schema.additional_properties = False
         hints = get_type_hints(field_definition.type_, include_extras=True)
         for field in msgspec.structs.fields(field_definition.type_):
             prop = (schema.properties or {}).get(field.encode_name)
             add_constraints(prop, msgspec.json.schema(hints[field.name]))
         return schema
+
+
+def next_plugin_for(
+    field_definition: FieldDefinition,
+    plugins: Iterable[OpenAPISchemaPluginProtocol],
+    after: OpenAPISchemaPluginProtocol,
+) -> OpenAPISchemaPluginProtocol:
+    """The first of `plugins` after `after` that supports the field: the one Litestar would
+    have used without `after` (app plugins come first, Litestar's built-in ones after)."""
+    listed = list(plugins)
+    rest = listed[listed.index(after) + 1 :] if after in listed else listed
+    for plugin in rest:
+        if isinstance(plugin, type(after)):
+            continue
+        if isinstance(plugin, OpenAPISchemaPlugin):
+            supported = plugin.is_plugin_supported_field(field_definition)
+        else:
+            supported = plugin.is_plugin_supported_type(field_definition.annotation)
+        if supported:
+            return plugin
+    raise ImproperlyConfiguredException(
+        f"no OpenAPI schema plugin after {type(after).__name__} for {field_definition.annotation}"
+    )
 
 
 def add_constraints(target: Schema | Reference | None, source: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
-"""Access and limits: API keys on `/v1/*`, admin keys, per-client rate limiting, CORS.
+"""Access and limits: API-key and admin-key guards, per-client rate limiting, CORS.
 
 Keys are compared in constant time (`hmac.compare_digest`) against every configured key and
-are never logged; a failed check logs only the path.
+are never logged; a refusal logs only the method and path.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from litestar.exceptions.http_exceptions import TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Guard, Receive, Scope, Send
 
 from service.settings import Settings, SettingsError
 
@@ -68,53 +68,56 @@ def key_matches(token: str | None, keys: Iterable[str]) -> bool:
     return found
 
 
-def needs_api_key(path: str, protect_docs: bool) -> bool:
-    if path == "/v1" or path.startswith("/v1/"):
-        return True
-    return protect_docs and (path == "/docs" or path.startswith("/docs/"))
+API_KEY_DETAIL = (
+    "this endpoint needs an API key: send `Authorization: Bearer <key>` with one of the keys "
+    "in TINYGPT_API_KEYS or TINYGPT_API_KEY_FILE"
+)
+ADMIN_KEY_DETAIL = (
+    "this endpoint needs an admin key: send `Authorization: Bearer <key>` with one of the keys "
+    "in TINYGPT_ADMIN_KEYS"
+)
 
 
-class ApiKeyMiddleware:
-    """401 (`WWW-Authenticate: Bearer`) for `/v1/*` (and `/docs` when protected) without a
-    valid `Authorization: Bearer <key>`. Installed only when keys are configured."""
-
-    def __init__(self, app: ASGIApp, keys: list[str], protect_docs: bool) -> None:
-        self.app = app
-        self.keys = keys
-        self.protect_docs = protect_docs
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # CORS preflights carry no credentials; the CORS middleware answers them.
-        method = str(scope.get("method", "GET"))  # a websocket scope has none
-        if (
-            scope["type"] in ("http", "websocket")
-            and method != "OPTIONS"
-            and needs_api_key(scope["path"], self.protect_docs)
-        ):
-            headers = {
-                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
-            }
-            token = bearer_token(headers)
-            if not key_matches(token, self.keys):
-                log.warning(
-                    "refused %s %s: %s API key",
-                    method,
-                    scope["path"],
-                    "no" if token is None else "an unknown",
-                )
-                raise NotAuthorizedException(
-                    detail="this endpoint needs an API key: send `Authorization: Bearer <key>` "
-                    "with one of the keys in TINYGPT_API_KEYS or TINYGPT_API_KEY_FILE",
-                    headers=dict(BEARER_CHALLENGE),
-                )
-        await self.app(scope, receive, send)
+def require_bearer(
+    connection: ASGIConnection, keys: Sequence[str], *, kind: str, detail: str
+) -> None:
+    """401 (`WWW-Authenticate: Bearer`, `detail`) unless the connection sends
+    `Authorization: Bearer <one of keys>`. The token is compared against every key in constant
+    time; a refusal logs the method and path, never the token."""
+    token = bearer_token(connection.headers)
+    if key_matches(token, keys):
+        return
+    log.warning(
+        "refused %s %s: %s %s",
+        connection.scope.get("method", "WEBSOCKET"),  # a websocket scope has no method
+        connection.url.path,
+        "no" if token is None else "an unknown",
+        kind,
+    )
+    raise NotAuthorizedException(detail=detail, headers=dict(BEARER_CHALLENGE))
 
 
-def api_key_middleware(settings: Settings) -> DefineMiddleware | None:
+def api_key_guard(keys: Sequence[str]) -> Guard:
+    """The guard of the `/v1` routes (and of `/docs` when TINYGPT_PROTECT_DOCS is on): a
+    valid `Authorization: Bearer <key>`. Guards run inside the route, so an unknown path is a
+    404 (not a 401) and the route's own exception handlers shape the 401 (OpenAI's envelope
+    on /v1/completions). A closure, so that no repr shows the keys."""
+    keys = tuple(keys)
+
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        # OPTIONS carries no credentials: a CORS preflight is answered by the CORS middleware
+        # before any route; a plain OPTIONS gets Litestar's `Allow` answer, as before guards.
+        if connection.scope.get("method") == "OPTIONS":
+            return
+        require_bearer(connection, keys, kind="API key", detail=API_KEY_DETAIL)
+
+    return guard
+
+
+def api_key_guards(settings: Settings) -> list[Guard]:
+    """`[api_key_guard]` when API keys are configured, else none (the routes are open)."""
     keys = api_keys(settings)
-    if not keys:
-        return None
-    return DefineMiddleware(ApiKeyMiddleware, keys=keys, protect_docs=settings.protect_docs)
+    return [api_key_guard(keys)] if keys else []
 
 
 def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -126,13 +129,7 @@ def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
             detail="admin endpoints are off: set TINYGPT_ADMIN_KEYS (comma-separated) and send "
             "`Authorization: Bearer <admin key>`"
         )
-    if not key_matches(bearer_token(connection.headers), keys):
-        log.warning("refused %s: no valid admin key", connection.url.path)
-        raise NotAuthorizedException(
-            detail="this endpoint needs an admin key: send `Authorization: Bearer <key>` with "
-            "one of the keys in TINYGPT_ADMIN_KEYS",
-            headers=dict(BEARER_CHALLENGE),
-        )
+    require_bearer(connection, keys, kind="admin key", detail=ADMIN_KEY_DETAIL)
 
 
 # -- rate limiting ------------------------------------------------------------------------

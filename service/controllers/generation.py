@@ -83,7 +83,7 @@ async def generation_events(
 
 
 class GenerationController(Controller):
-    path = "/v1"
+    path = "/"
     tags = ["generation"]
 
     @post(

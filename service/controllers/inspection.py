@@ -49,7 +49,7 @@ def query_tokens(model: LoadedModel, data: NeighboursRequest) -> tuple[list[int]
 
 
 class InspectionController(Controller):
-    path = "/v1"
+    path = "/"
     tags = ["inspection"]
 
     @post("/next-token", operation_id="nextToken", status_code=HTTP_200_OK, responses=MODEL_ERRORS)

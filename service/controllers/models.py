@@ -12,7 +12,7 @@ from service.settings import Settings
 
 
 class ModelsController(Controller):
-    path = "/v1/models"
+    path = "/models"
     tags = ["models"]
 
     @get(operation_id="listModels", responses=error_responses(503))

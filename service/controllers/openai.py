@@ -25,7 +25,7 @@ from service.sse import EventStream
 
 
 class OpenAIController(Controller):
-    path = "/v1"
+    path = "/"
     tags = ["openai"]
     # Every class the app maps too, so that none of the app's native handlers wins here.
     exception_handlers = {

@@ -60,7 +60,7 @@ PAGE_HEADERS = {
 
 
 class PlaygroundController(Controller):
-    path = "/v1/models"
+    path = "/models"
     tags = ["inspection"]
 
     @get(

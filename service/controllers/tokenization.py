@@ -21,7 +21,7 @@ from service.settings import Settings
 
 
 class TokenizationController(Controller):
-    path = "/v1"
+    path = "/"
     tags = ["tokenization"]
 
     @post("/tokenize", operation_id="tokenize", status_code=HTTP_200_OK, responses=MODEL_ERRORS)
