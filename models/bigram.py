@@ -98,6 +98,10 @@ class BigramLanguageModel(nn.Module):
         """Row i of the table: tokens with similar rows are followed by similar tokens."""
         return self.token_embedding_table.weight
 
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """What the model reads at each position (B, T, V): the current token's table row."""
+        return self.token_embedding_table(idx)
+
     # The hooks through which the trainer (models.train), which knows no particular model,
     # trains this one: GPT has the same methods.
 

@@ -274,16 +274,20 @@ class GPT(nn.Module):
             tok_emb = tok_emb * math.sqrt(self.config.n_embd)
         return self.transformer.drop(tok_emb + self.transformer.wpe(positions))
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final layer's normalised states (B, T, C): what the head reads at each position."""
         _, T = idx.shape
         if self.config.block_size < T:
             raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
         x = self.embed(idx, torch.arange(T, device=idx.device))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        return self.transformer.ln_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))

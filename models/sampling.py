@@ -24,6 +24,11 @@ class SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    # OpenAI's: subtracted from a token's logit once it has been generated (presence), and
+    # once per time it has been generated (frequency)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
 def penalize_repetition(
@@ -39,6 +44,14 @@ def penalize_repetition(
 # it could overflow them to inf and the softmax to NaN, or round it to 0 in float32. Sampling
 # at this temperature is already greedy for any logits a model produces.
 MIN_TEMPERATURE = 1e-6
+
+
+def penalize_counts(
+    logits: torch.Tensor, counts: torch.Tensor, presence: torch.Tensor, frequency: torch.Tensor
+) -> torch.Tensor:
+    """OpenAI's penalties: logit[j] - counts[j] * frequency - (counts[j] > 0) * presence, with
+    `counts` (B, V) the times each token was generated so far, `presence`, `frequency` (B,)."""
+    return logits - counts * frequency[:, None] - (counts > 0) * presence[:, None]
 
 
 def scale_by_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -97,15 +110,28 @@ class BatchParams:
     top_p: torch.Tensor
     min_p: torch.Tensor
     repetition_penalty: torch.Tensor
+    presence_penalty: torch.Tensor
+    frequency_penalty: torch.Tensor
+    logit_bias: torch.Tensor | None  # (B, V) added to the logits; None when no row has one
     scaling: bool  # some temperature is neither 0 nor 1
     greedy: bool  # some temperature is 0
     filtering: bool  # some row uses top-k, top-p or min-p
     penalizing: bool  # some row has a repetition penalty
+    counting: bool  # some row has a presence or frequency penalty
 
     @classmethod
-    def stack(cls, params: list[SamplingParams], device: torch.device | str) -> BatchParams:
+    def stack(
+        cls, params: list[SamplingParams], device: torch.device | str, vocab_size: int
+    ) -> BatchParams:
         def column(values: list, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device)
+
+        logit_bias = None
+        if any(p.logit_bias for p in params):
+            logit_bias = torch.zeros(len(params), vocab_size, device=device)
+            for row, p in enumerate(params):
+                for token_id, bias in p.logit_bias:
+                    logit_bias[row, token_id] = bias
 
         temperatures = [
             max(p.temperature, MIN_TEMPERATURE) if p.temperature else 0.0 for p in params
@@ -116,10 +142,14 @@ class BatchParams:
             top_p=column([p.top_p for p in params], torch.float32),
             min_p=column([p.min_p for p in params], torch.float32),
             repetition_penalty=column([p.repetition_penalty for p in params], torch.float32),
+            presence_penalty=column([p.presence_penalty for p in params], torch.float32),
+            frequency_penalty=column([p.frequency_penalty for p in params], torch.float32),
+            logit_bias=logit_bias,
             scaling=any(p.temperature not in (0, 1) for p in params),
             greedy=any(p.temperature == 0 for p in params),
             filtering=any(p.top_k or p.top_p < 1 or p.min_p > 0 for p in params),
             penalizing=any(p.repetition_penalty != 1 for p in params),
+            counting=any(p.presence_penalty or p.frequency_penalty for p in params),
         )
 
 
@@ -128,15 +158,23 @@ def sample_batch(
     params: BatchParams,
     generators: list[torch.Generator],
     seen: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Choose the next token of every row of `logits` (B, V); returns (B,) ids.
 
     Every step of every row costs its generator exactly one uniform, greedy rows included, and
     every operation works row by row: a row's choice never depends on the other rows.
-    `seen` (B, V) bool marks the tokens the repetition penalty applies to."""
+    `seen` (B, V) bool marks the tokens the repetition penalty applies to, `counts` (B, V)
+    the times each token was generated, for the presence and frequency penalties. The logits
+    change in this order: repetition penalty, presence and frequency, logit bias, then
+    temperature and the filters."""
     logits = logits.float()
     if params.penalizing and seen is not None:
         logits = penalize_repetition(logits, seen, params.repetition_penalty)
+    if params.counting and counts is not None:
+        logits = penalize_counts(logits, counts, params.presence_penalty, params.frequency_penalty)
+    if params.logit_bias is not None:
+        logits = logits + params.logit_bias
     scaled = scale_by_temperature(logits, params.temperature) if params.scaling else logits
     # Unnormalised is fine: `draw` scales its uniform by each row's total.
     probs = F.softmax(scaled, dim=-1)  # (B, V)
@@ -154,9 +192,11 @@ def sample_next(
     params: list[SamplingParams],
     generators: list[torch.Generator],
     seen: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Choose the next token of every row of `logits` (B, V) under that row's parameters."""
-    return sample_batch(logits, BatchParams.stack(params, logits.device), generators, seen)
+    batch = BatchParams.stack(params, logits.device, logits.size(-1))
+    return sample_batch(logits, batch, generators, seen, counts)
 
 
 def seeded_generator(seed: int | None) -> torch.Generator:

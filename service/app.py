@@ -36,6 +36,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.inspection import Inspector
 from service.limits import Admission
 from service.metrics import MetricsController
+from service.openai.errors import on_openai_routes
 from service.openapi import ClosedRequestSchemaPlugin
 from service.registry import ModelRegistry
 from service.security import api_key_guards, cors_config, rate_limit_middleware
@@ -149,7 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plugins=[ClosedRequestSchemaPlugin()],
         middleware=[prometheus.middleware, *filter(None, [rate_limit_middleware(settings)])],
         cors_config=cors_config(settings),
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=on_openai_routes(EXCEPTION_HANDLERS),
         request_class=StrictJSONRequest,
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(

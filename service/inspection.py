@@ -74,6 +74,10 @@ class Inspector:
         """The `k` tokens nearest one token (`positive` alone) or an analogy's query vector."""
         return await self.compute(nearest_tokens, model, positive, negative, metric, k)
 
+    async def text_embeddings(self, model: LoadedModel, texts: list[list[int]]) -> torch.Tensor:
+        """One vector per text (len(texts), D): see `text_embedding`."""
+        return await self.compute(text_embeddings, model, texts)
+
     async def bigram_table(
         self, model: LoadedModel, window: projections.TableWindow
     ) -> BigramTable:
@@ -205,3 +209,23 @@ def nearest_tokens(
         Neighbour(token=model.tokenizer.token_text(i), id=i, score=sign * score)
         for score, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
     ]
+
+
+def text_embeddings(model: LoadedModel, texts: list[list[int]]) -> torch.Tensor:
+    return torch.stack([text_embedding(model, ids) for ids in texts])
+
+
+def text_embedding(model: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """A text's vector: the mean over its tokens of what the model reads at each position to
+    predict the next one (the GPT: its final normalised hidden states, each token seen with
+    the context before it, in consecutive windows of block_size; the bigram: the tokens'
+    table rows). The mean of the states the head reads is the text as the model sees it, and
+    it needs no training of its own. (D,) float32."""
+    block = model.model.block_size
+    states = [
+        model.model.hidden_states(
+            torch.tensor([ids[start : start + block]], dtype=torch.long, device=model.device)
+        )[0]
+        for start in range(0, len(ids), block)
+    ]
+    return torch.cat(states).float().mean(dim=0)

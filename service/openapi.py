@@ -85,7 +85,7 @@ def next_plugin_for(
 
 def add_constraints(target: Schema | Reference | None, source: dict[str, Any]) -> None:
     """Copy the constraints of the JSON schema `source` that `target` lacks, recursively
-    into array items and union alternatives (matched by type)."""
+    into array items, dict values and union alternatives (matched by type)."""
     if not isinstance(target, Schema):
         return
     for keyword, attribute in CONSTRAINTS.items():
@@ -93,6 +93,10 @@ def add_constraints(target: Schema | Reference | None, source: dict[str, Any]) -
             setattr(target, attribute, source[keyword])
     if isinstance(source.get("items"), dict):
         add_constraints(target.items, source["items"])
+    values = target.additional_properties
+    if isinstance(source.get("additionalProperties"), dict) and not isinstance(values, bool):
+        # a dict's values (logit_bias: each bias in [-100, 100])
+        add_constraints(values, source["additionalProperties"])
     alternatives = union_alternatives(source)
     for option in target.one_of or target.any_of or []:
         option_type = getattr(option, "type", None)

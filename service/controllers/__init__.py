@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import PathParameter
 
 from service.errors import ERROR_DESCRIPTIONS
 from service.schemas import ErrorResponse
+
+ModelIdPath = Annotated[str, PathParameter(description="id of a loaded model (see GET /v1/models)")]
 
 
 def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:

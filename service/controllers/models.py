@@ -5,9 +5,9 @@ from __future__ import annotations
 from litestar import Controller, get
 from litestar.di import NamedDependency
 
-from service.controllers import error_responses
+from service.controllers import ModelIdPath, error_responses
 from service.registry import ModelRegistry
-from service.schemas import ModelList, ServerLimits
+from service.schemas import ModelInfo, ModelList, ServerLimits
 from service.settings import Settings
 
 
@@ -27,3 +27,10 @@ class ModelsController(Controller):
             max_client_sequences=settings.max_client_sequences,
         )
         return ModelList(object="list", data=registry.describe(), limits=limits)
+
+    @get("/{model_id:str}", operation_id="retrieveModel", responses=error_responses(404, 503))
+    async def retrieve_model(
+        self, model_id: ModelIdPath, registry: NamedDependency[ModelRegistry]
+    ) -> ModelInfo:
+        """Describe one loaded model (what the OpenAI client's `models.retrieve` asks for)."""
+        return registry.get(model_id, "model_id").describe()

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 from litestar import Controller, Router, get
 from litestar.di import NamedDependency
-from litestar.params import Parameter, PathParameter
+from litestar.params import Parameter
 from litestar.response import File
 from litestar.static_files import create_static_files_router
 
-from service.controllers import error_responses
+from service.controllers import ModelIdPath, error_responses
 from service.exceptions import InvalidRequestError
 from service.inspection import Inspector
 from service.projections import TableWindow
@@ -25,7 +25,6 @@ from service.schemas import (
     TokenOrder,
 )
 
-ModelIdPath = Annotated[str, PathParameter(description="id of a loaded model (see GET /v1/models)")]
 # No vocabulary comes near this; it only keeps the numbers in the schema finite.
 MAX_TOKEN_ID = 2**31 - 1
 

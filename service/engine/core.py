@@ -131,10 +131,12 @@ class Engine:
         self.runner = make_runner(
             model, config.max_running, config.window_keep, config.compile_decode
         )
-        # (max_running, V): tokens already in each row's sequence, for the repetition penalty
+        # (max_running, V): tokens already in each row's sequence, for the repetition penalty,
+        # and the times each was generated, for the presence and frequency penalties
         self.seen = torch.zeros(
             config.max_running, self.vocab_size, dtype=torch.bool, device=self.device
         )
+        self.counts = torch.zeros(config.max_running, self.vocab_size, device=self.device)
         self.rows: list[RequestState] = []  # row i of the batch; touched by the decode thread only
         self.batch_params: BatchParams | None = None  # rebuilt when rows join or leave
         self.top_logprobs = 0  # the most alternatives any row asks for; rebuilt likewise
@@ -209,6 +211,12 @@ class Engine:
         request brings is checked here, before it can reach a batch."""
         if any(not 0 <= t < self.vocab_size for t in request.prompt_ids):
             raise ValueError(f"prompt_ids must be token ids in 0..{self.vocab_size - 1}")
+        bad_bias = [t for t, _ in request.sampling.logit_bias if not 0 <= t < self.vocab_size]
+        if bad_bias:
+            raise ValueError(
+                f"logit_bias names token {bad_bias[0]}, outside this model's ids "
+                f"0..{self.vocab_size - 1}"
+            )
         top_k = request.sampling.top_k
         if top_k is not None and top_k >= self.vocab_size:
             # keeping at least every token is no filter: off, which is exactly the same
@@ -331,6 +339,7 @@ class Engine:
             self.rows.append(state)
             self.seen[row].zero_()
             self.seen[row, torch.tensor(state.request.prompt_ids, device=self.device)] = True
+            self.counts[row].zero_()
         if admitted:
             self.batch_params = None
             self.metrics.running = len(self.rows)
@@ -345,14 +354,17 @@ class Engine:
         try:
             if self.batch_params is None:
                 self.batch_params = BatchParams.stack(
-                    [s.request.sampling for s in self.rows], self.device
+                    [s.request.sampling for s in self.rows], self.device, self.vocab_size
                 )
                 self.top_logprobs = max(s.request.top_logprobs for s in self.rows)
-            ids = sample_batch(
-                logits, self.batch_params, [s.generator for s in self.rows], self.seen[:n]
-            )
-            if self.batch_params.penalizing:
-                self.seen[torch.arange(n, device=self.device), ids] = True
+            generators = [s.generator for s in self.rows]
+            params = self.batch_params
+            ids = sample_batch(logits, params, generators, self.seen[:n], self.counts[:n])
+            rows = torch.arange(n, device=self.device)
+            if params.penalizing:
+                self.seen[rows, ids] = True
+            if params.counting:
+                self.counts[rows, ids] += 1
             return ids.tolist(), {}
         except Exception:
             logger.exception("sampling %d rows failed; sampling them one by one", n)
@@ -360,10 +372,11 @@ class Engine:
         token_ids, failures = [], {}
         for row, state in enumerate(self.rows):
             try:
-                params = BatchParams.stack([state.request.sampling], self.device)
-                seen = self.seen[row : row + 1]
-                ids = sample_batch(logits[row : row + 1], params, [state.generator], seen)
+                params = BatchParams.stack([state.request.sampling], self.device, self.vocab_size)
+                seen, counts = self.seen[row : row + 1], self.counts[row : row + 1]
+                ids = sample_batch(logits[row : row + 1], params, [state.generator], seen, counts)
                 seen[0, ids] = True
+                counts[0, ids] += 1
                 token_ids.append(int(ids[0]))
             except Exception as err:
                 failures[row] = err
@@ -500,6 +513,7 @@ class Engine:
             if row != last:
                 self.rows[row] = self.rows[last]
                 self.seen[row] = self.seen[last]
+                self.counts[row] = self.counts[last]
             self.rows.pop()
         if rows:
             self.batch_params = None

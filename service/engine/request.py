@@ -49,7 +49,16 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         s = self.sampling
-        floats = (s.temperature, s.top_p, s.min_p, s.repetition_penalty, self.timeout or 0.0)
+        floats = (
+            s.temperature,
+            s.top_p,
+            s.min_p,
+            s.repetition_penalty,
+            s.presence_penalty,
+            s.frequency_penalty,
+            *(bias for _, bias in s.logit_bias),
+            self.timeout or 0.0,
+        )
         problems = [
             (not self.prompt_ids, "prompt_ids must not be empty"),
             (self.max_new_tokens < 1, "max_new_tokens must be at least 1"),

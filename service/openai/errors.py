@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.types import ExceptionHandlersMap
 
 from service.errors import (
     ERROR_DESCRIPTIONS,
@@ -15,6 +18,10 @@ from service.errors import (
 from service.exceptions import ServiceError
 from service.openai.schemas import OpenAIErrorDetail, OpenAIErrorResponse
 from service.schemas import ErrorResponse
+
+# The routes that answer in OpenAI's envelope, also for errors raised before routing (the rate
+# limiter's 429).
+OPENAI_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
 
 OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -42,6 +49,20 @@ def openai_error_handler(request: Request, exc: Exception) -> Response[OpenAIErr
         status_code=status,
         headers=native.headers,
     )
+
+
+def on_openai_routes(native: ExceptionHandlersMap) -> ExceptionHandlersMap:
+    """The app's handlers, answering in OpenAI's envelope on the OpenAI routes."""
+
+    def handler_for(fallback: Any) -> Any:
+        def handle(request: Request, exc: Exception) -> Response:
+            if request.url.path in OPENAI_PATHS:
+                return openai_error_handler(request, exc)
+            return fallback(request, exc)
+
+        return handle
+
+    return {kind: handler_for(fallback) for kind, fallback in native.items()}
 
 
 def openai_error(status: int, message: str, detail: object = None) -> OpenAIErrorResponse:

@@ -134,8 +134,8 @@ def test_models_list_in_openai_shape(oai, client):
 @pytest.mark.parametrize(
     ("extra", "param"),
     [({"top_p": 5}, "top_p"), ({"logprobs": 6}, "logprobs"), ({"prompt": "a~"}, "prompt"),
-     ({"frequency_penalty": 0.5}, "frequency_penalty"), ({"best_of": 3}, "best_of"),
-     ({"logit_bias": {"1": 2}}, "logit_bias"), ({"suffix": "end"}, "suffix"),
+     ({"frequency_penalty": 2.5}, "frequency_penalty"), ({"n": 2, "best_of": 1}, "best_of"),
+     ({"logit_bias": {"99999": 2}}, "logit_bias"), ({"suffix": "end"}, "suffix"),
      ({"max_tokens": 100000}, "max_tokens"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop")],
 )  # fmt: skip
 def test_invalid_requests_raise_bad_request(oai, extra, param):

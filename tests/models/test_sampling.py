@@ -3,6 +3,7 @@ import torch
 from models.sampling import (
     BatchParams,
     SamplingParams,
+    penalize_counts,
     removed_by_filters,
     sample_next,
     scale_by_temperature,
@@ -53,7 +54,7 @@ def test_a_tiny_temperature_is_greedy_not_nan():
     logits = logits_batch()
     for temperature in (1e-30, 1e-300, 5e-324):
         params = [SamplingParams(temperature=temperature)] * 4
-        batch = BatchParams.stack(params, "cpu")
+        batch = BatchParams.stack(params, "cpu", V)
         assert torch.isfinite(scale_by_temperature(logits, batch.temperature)).all()
         assert torch.equal(sample_next(logits, params, gens(range(4))), logits.argmax(dim=-1))
 
@@ -80,3 +81,42 @@ def test_repetition_penalty_moves_seen_tokens_away():
     greedy = SamplingParams(temperature=0.0, repetition_penalty=1.5)
     assert int(sample_next(logits, [greedy], gens([0]), seen)) == 1
     assert int(sample_next(logits, [SamplingParams(temperature=0.0)], gens([0]), seen)) == 0
+
+
+def test_presence_and_frequency_penalties_follow_openais_definition():
+    logits = torch.tensor([[3.0, 2.5, 2.0, 0.0]])
+    counts = torch.tensor([[2.0, 1.0, 0.0, 0.0]])  # token 0 generated twice, token 1 once
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.4)
+    batch = BatchParams.stack([params], "cpu", 4)
+    # by hand: logit - count * 0.4 - (count > 0) * 0.5
+    expected = torch.tensor([[3.0 - 0.8 - 0.5, 2.5 - 0.4 - 0.5, 2.0, 0.0]])
+    penalized = penalize_counts(logits, counts, batch.presence_penalty, batch.frequency_penalty)
+    assert torch.allclose(penalized, expected)
+    greedy = SamplingParams(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.4)
+    assert int(sample_next(logits, [greedy], gens([0]), counts=counts)) == 2  # 2.0 now leads
+    assert int(sample_next(logits, [SamplingParams(temperature=0.0)], gens([0]))) == 0
+
+
+def test_logit_bias_is_added_before_sampling():
+    logits = logits_batch(2)
+    top = logits.argmax(dim=-1)
+    forbid = SamplingParams(temperature=0.0, logit_bias=((int(top[0]), -100.0),))
+    force = SamplingParams(temperature=1.0, logit_bias=((3, 100.0),))
+    chosen = sample_next(logits, [forbid, force], gens([0, 1]))
+    assert int(chosen[0]) != int(top[0]) and int(chosen[1]) == 3
+    assert int(chosen[0]) == int(logits[0].clone().index_fill_(0, top[:1], -1e9).argmax())
+
+
+def test_penalties_and_bias_are_batch_invariant():
+    logits = logits_batch(6)
+    counts = torch.randint(0, 3, (6, V)).float()
+    params = [
+        SamplingParams(temperature=0.8, presence_penalty=i / 4, logit_bias=((i, 1.5),))
+        for i in range(6)
+    ]
+    together = sample_next(logits, params, gens(range(6)), counts=counts)
+    alone = [
+        int(sample_next(logits[i : i + 1], params[i : i + 1], gens([i]), counts=counts[i : i + 1]))
+        for i in range(6)
+    ]
+    assert together.tolist() == alone

@@ -272,10 +272,10 @@ def poison_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
     that belongs to that one request."""
     real = engine_core.sample_batch
 
-    def sample_batch(logits, params, generators, seen=None):
+    def sample_batch(logits, params, generators, *penalty_state):
         if any(g.initial_seed() == POISONED_SEED for g in generators):
             raise ValueError("this request's sampling parameters are poisoned")
-        return real(logits, params, generators, seen)
+        return real(logits, params, generators, *penalty_state)
 
     monkeypatch.setattr(engine_core, "sample_batch", sample_batch)
 

@@ -124,3 +124,19 @@ async def test_a_client_over_its_concurrent_sequences_is_refused_until_some_end(
             stream.cancel()
     finally:
         await asyncio.to_thread(engine.stop)
+
+
+async def test_the_rate_limit_answers_openai_routes_in_openais_envelope(settings: Settings):
+    app = create_app(msgspec.structs.replace(settings, rate_limit="2/minute"))
+    body = {"model": GPT_ID, "prompt": "a", "max_tokens": 1}
+    async with AsyncTestClient(app=app) as client:
+        for _ in range(2):
+            assert (await client.post("/v1/completions", json=body)).status_code == 200
+        for path in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings"):
+            response = await client.post(path, json=body)
+            assert response.status_code == 429 and response.headers["retry-after"]
+            error = response.json()["error"]
+            assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+            assert "TINYGPT_RATE_LIMIT" in error["message"]
+        native = await client.post("/v1/generate", json={"model": GPT_ID})
+        assert native.status_code == 429 and native.json()["error"]["type"] == "rate_limited"

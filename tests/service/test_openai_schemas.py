@@ -30,14 +30,18 @@ def test_prompts_and_stops_as_strings_or_lists_and_nulls():
     request = decode(prompt=["a", "b"], stop="x", max_tokens=None, temperature=None, n=None)
     assert request.prompt == ["a", "b"] and request.stop == "x" and request.max_tokens is None
     assert decode(stop=["x", "y"]).stop == ["x", "y"]
+    assert decode(prompt=[1, 2]).prompt == [1, 2]  # token ids
+    assert decode(prompt=[[1, 2], [3]]).prompt == [[1, 2], [3]]
 
 
 @pytest.mark.parametrize(
     ("fields", "where"),
     [({"logprobs": 6}, "logprobs"), ({"logprobs": -1}, "logprobs"), ({"top_p": 0}, "top_p"),
-     ({"n": 0}, "n"), ({"max_tokens": 0}, "max_tokens"), ({"temperature": -1}, "temperature"),
-     ({"stop": ""}, "stop"), ({"prompt": [1, 2]}, "prompt"),
-     ({"frequency_penalty": 3}, "frequency_penalty"),
+     ({"n": 0}, "n"), ({"max_tokens": -1}, "max_tokens"), ({"temperature": -1}, "temperature"),
+     ({"stop": ""}, "stop"), ({"prompt": [1, -2]}, "prompt"), ({"prompt": [[]]}, "prompt"),
+     ({"frequency_penalty": 3}, "frequency_penalty"), ({"presence_penalty": -2.5}, "presence"),
+     ({"logit_bias": {"3": 101}}, "logit_bias"),
+     ({"best_of": 17}, "best_of"),
      ({"whatever": 1}, "whatever"), ({"stream_options": {"x": 1}}, "stream_options")],
 )  # fmt: skip
 def test_out_of_range_or_unknown_fields_are_refused(fields, where):
