@@ -147,6 +147,9 @@ class Engine:
         self.stopping = False
         self.thread: threading.Thread | None = None
         self.token_texts: dict[int, str] = {}  # for top_logprobs
+        # The earliest deadline of any request held (or later): a step looks for timed-out
+        # requests only once it has passed, not at every step.
+        self.next_deadline = float("inf")
 
     # -- the asyncio side -------------------------------------------------------------------
 
@@ -202,6 +205,7 @@ class Engine:
                     f"room for {max(0, room)} more, {len(states)} asked for"
                 )
             self.waiting.extend(states)
+            self.next_deadline = min([self.next_deadline, *(s.deadline for s in states)])
             self.metrics.waiting = len(self.waiting)
             self.lock.notify()
         return [state.stream for state in states]
@@ -260,7 +264,11 @@ class Engine:
         if self.cancel_signal.is_set():
             self.cancel_signal.clear()
             self.retire(outbox, lambda s: s.stream.cancel_requested, "cancelled")
-        self.retire(outbox, lambda s: now >= s.deadline, "timeout")
+        if now >= self.next_deadline:
+            self.retire(outbox, lambda s: now >= s.deadline, "timeout")
+            with self.lock:
+                states = [*self.waiting, *self.rows]
+                self.next_deadline = min((s.deadline for s in states), default=float("inf"))
         parts = []
         if self.rows:
             parts.append(self.runner.advance([s.token_ids[-1] for s in self.rows]))
