@@ -21,7 +21,7 @@ from service.exceptions import NoModelsLoadedError, NotReadyError, UnknownModelE
 from service.loaded_model import LoadedModel, prepare_model
 from service.metrics import ENGINE_SOURCES
 from service.schemas import ModelInfo
-from service.settings import Settings
+from service.settings import Settings, torch_threads_for
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ class ModelRegistry:
 
     async def load(self) -> None:
         """Load every checkpoint off the event loop; refuses (raises) when none loads."""
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        threads = torch_threads_for(self.settings)
+        torch.set_num_threads(threads)
+        log.info("model work on %d torch thread(s) (TINYGPT_TORCH_THREADS)", threads)
         async with self.lifecycle:
             scan = await anyio.to_thread.run_sync(self.scan, {})
             if not scan.fresh:

@@ -1,6 +1,6 @@
 import pytest
 
-from service.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError, torch_threads_for
 
 
 def test_defaults_without_environment():
@@ -44,3 +44,13 @@ def test_a_bad_value_names_its_variable(variable, value):
     with pytest.raises(SettingsError, match=variable) as caught:
         Settings.from_env(environ={variable: value})
     assert repr(value) in str(caught.value)
+
+
+def test_torch_threads_leave_a_core_to_the_event_loop(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(2)))
+    assert torch_threads_for(Settings()) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(32)))
+    assert torch_threads_for(Settings()) == 8
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0})
+    assert torch_threads_for(Settings()) == 1
+    assert torch_threads_for(Settings(torch_threads=3)) == 3
