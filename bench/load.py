@@ -145,7 +145,11 @@ async def run_phase(
     url: str, clients: int, seconds: float, recorder: Recorder | None, models: list[str],
     max_new_tokens: int,
 ) -> None:  # fmt: skip
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them: with
+    # both at 5 s, a request sent on a connection the server is closing fails with a ReadError.
+    limits = httpx.Limits(
+        max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
         until = time.monotonic() + seconds
         await asyncio.gather(

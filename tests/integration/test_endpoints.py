@@ -196,8 +196,9 @@ def test_model_work_does_not_block_the_event_loop(client):
     finished: dict[str, float] = {}
 
     def generate() -> None:
-        body = {"model": GPT_ID, "max_new_tokens": 300, "seed": 0}
-        post(client, "/v1/generate", body)
+        # 64 sequences of 1024 tokens: seconds of model work, however fast the machine
+        body = {"model": GPT_ID, "prompt": ["a"] * 8, "n": 8, "max_tokens": 1024, "seed": 0}
+        post(client, "/v1/completions", body)
         finished["generate"] = time.monotonic()
 
     worker = threading.Thread(target=generate)
