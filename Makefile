@@ -1,11 +1,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+INTEROP_STAMP := $(VENV)/.installed-interop
 # Debian's Chromium, which the browser tests (tests/browser) drive through Playwright.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium serve test test-fast test-docker screenshots lint format bench bench-train clean check typecheck audit load
+.PHONY: install chromium serve test test-fast test-interop test-docker screenshots lint format bench bench-train bench-data clean check typecheck audit load
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,10 +28,21 @@ serve: $(STAMP)
 	$(VENV)/bin/tinygpt serve
 
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest -m "not docker"
+	$(PY) -m pytest -m "not docker and not interop"
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not docker"
+	$(PY) -m pytest -m "not slow and not docker and not interop"
+
+# The optional [interop] extra. llama-cpp-python compiles llama.cpp from its source package
+# (7.5 minutes measured on 2 shared cores; pip caches the wheel, so later installs take
+# seconds); its server target is off, since that step may try to download a web UI.
+$(INTEROP_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=OFF" $(PY) -m pip install --quiet -e '.[dev,interop]'
+	touch $(INTEROP_STAMP)
+
+# Exports and imports against the real transformers, llama.cpp, gensim and TensorBoard.
+test-interop: $(INTEROP_STAMP)
+	$(PY) -m pytest -m interop
 
 # Builds the image and runs it with docker-compose (needs Docker, or ../shared/docker).
 test-docker: $(STAMP)
@@ -83,6 +95,11 @@ load: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) -m bench.train_reference
+
+# Large corpora: prepare (char, BPE) and training start-up on a generated corpus, against the
+# nanoGPT-style encoder (bench/results/data.json); BPE on 100 MB of it, some 50x slower here.
+bench-data: $(STAMP)
+	$(PY) -m bench.data --size 500 --bpe-size 100
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -76,7 +76,7 @@ def bigram_results(data: Path) -> dict:
     optimum = table_cross_entropy(table, val_ids)
 
     warm = BigramLanguageModel(BigramConfig(tokenizer.vocab_size, init="empirical"))
-    warm.init_weights(train_ids)
+    warm.init_weights(bigram_counts(train_ids, tokenizer.vocab_size))
     warm_loss, _ = full_pass_loss(warm, val_ids, 256)
 
     results = {"count_based_optimum": optimum, "empirical_init_step0_val": warm_loss}

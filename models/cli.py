@@ -1,21 +1,29 @@
-"""`tinygpt train | sample | eval`: the offline commands."""
+"""`tinygpt train | sample | eval | plot | export | import`: the offline commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.config import DEFAULT_BPE_VOCAB, MODEL_KINDS, TrainConfig, TrainingError
+from models.config import (
+    DEFAULT_BPE_VOCAB,
+    MODEL_KINDS,
+    TrainConfig,
+    TrainingError,
+    checked_vocab_size,
+)
 from models.data import CorpusError, load_corpus, split_named
 from models.device import DEVICE_CHOICES, resolve_device
 from models.distributed import DistEnv
 from models.evaluation import full_pass_loss
+from models.interop.commands import add_export_parser, add_import_parser
 from models.resume import resumed_config
 from models.sampling import SamplingParams, generate, seeded_generator
 from models.tokenizer import UnknownCharacterError
@@ -36,7 +44,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     # help shows them.
     p = sub.add_parser("train", help="train a model on a text corpus and write a checkpoint")
     p.add_argument("model", choices=MODEL_KINDS, help="which model to train")
-    p.add_argument("--data", help="UTF-8 text file, or a folder of .txt files")
+    p.add_argument(
+        "--data",
+        help="UTF-8 text file, or a folder of .txt files (prepared once into a dataset cache)",
+    )
+    p.add_argument("--dataset", help="a dataset folder `tinygpt prepare` wrote, instead of --data")
     p.add_argument("--out", required=True, help="checkpoint folder to write (or resume)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--steps", dest="max_steps", type=int, help=default_of("max_steps"))
@@ -58,6 +70,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, help=default_of("grad_clip"))
     p.add_argument("--eval-interval", type=int, help=default_of("eval_interval"))
     p.add_argument("--eval-iters", type=int, help=default_of("eval_iters"))
+    p.add_argument(
+        "--val-tokens",
+        type=int,
+        help="the final full pass reads the first N val tokens; 0: all " + default_of("val_tokens"),
+    )
     p.add_argument(
         "--patience",
         type=int,
@@ -119,7 +136,26 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="gpt only: multiply token embeddings by sqrt(n_embd)",
     )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write TensorBoard event files into DIR: each evaluation's numbers, and the "
+        "token embeddings for the projector (needs the [interop] extra)",
+    )
     p.set_defaults(handler=run_train)
+
+
+def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare", help="tokenize a corpus once into token files that `train --dataset` reads"
+    )
+    p.add_argument("--data", required=True, help="UTF-8 text file, or a folder of .txt files")
+    p.add_argument("--out", required=True, help="dataset folder to write (replacing one there)")
+    p.add_argument("--tokenizer", choices=["char", "bpe"], default="char", help="(default char)")
+    p.add_argument(
+        "--vocab-size", type=int, help=f"bpe only: vocabulary size (default {DEFAULT_BPE_VOCAB})"
+    )
+    p.set_defaults(handler=run_prepare)
 
 
 def add_sample_parser(sub: argparse._SubParsersAction) -> None:
@@ -153,17 +189,21 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_prepare_parser(sub)
     add_train_parser(sub)
     add_sample_parser(sub)
     add_eval_parser(sub)
     add_plot_parser(sub)
+    add_export_parser(sub)
+    add_import_parser(sub)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The settings given on the command line; TrainConfig fills in the rest."""
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return TrainConfig(**{"data": None, **given})
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -175,8 +215,10 @@ def run_train(args: argparse.Namespace) -> int:
         if args.resume:
             cfg = resumed_config(args.out, args.device)
         else:
-            if not args.data:
-                raise TrainingError("--data is required (a UTF-8 text file or a folder of .txt)")
+            if args.dataset and (args.tokenizer or args.vocab_size):
+                raise TrainingError(
+                    "a --dataset brings its tokenizer: drop --tokenizer and --vocab-size"
+                )
             cfg = config_from_args(args)
         report = Trainer(cfg, resume=args.resume).train()
     except TrainingError as err:
@@ -189,6 +231,30 @@ def run_train(args: argparse.Namespace) -> int:
     summary = {k: report[k] for k in ("val_loss", "steps", "best_step", "train_seconds")}
     if DistEnv.from_environment().is_main:  # under torchrun, once rather than once per process
         print(json.dumps(summary))
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from models.dataset import prepare_dataset
+
+    try:
+        vocab_size = checked_vocab_size(args.tokenizer, args.vocab_size)
+    except TrainingError as err:
+        return fail(str(err))
+    started = time.perf_counter()
+    dataset = prepare_dataset(args.data, args.out, args.tokenizer, vocab_size, progress=True)
+    seconds = time.perf_counter() - started
+    manifest = dataset.manifest
+    summary = {
+        "dataset": str(dataset.path),
+        "tokenizer": dataset.tokenizer.kind,
+        "vocab_size": dataset.tokenizer.vocab_size,
+        "train_tokens": manifest["files"]["train"]["tokens"],
+        "val_tokens": manifest["files"]["val"]["tokens"],
+        "seconds": round(seconds, 1),
+        "mb_per_second": round(manifest["source"]["bytes"] / 1e6 / seconds, 1),
+    }
+    print(json.dumps(summary))
     return 0
 
 

@@ -47,6 +47,24 @@ class TrainingError(RuntimeError):
     """Training cannot start or continue; the message says why and what to do."""
 
 
+def checked_vocab_size(tokenizer: str, vocab_size: int | None) -> int | None:
+    """The vocabulary size to ask `tokenizer` for: DEFAULT_BPE_VOCAB for bpe when not given,
+    None for char, which takes the corpus' characters."""
+    if tokenizer not in ("char", "bpe"):
+        raise TrainingError(f"unknown tokenizer {tokenizer!r}; choose char or bpe")
+    if tokenizer == "char":
+        if vocab_size is not None:
+            raise TrainingError("--vocab-size applies to --tokenizer bpe only")
+        return None
+    vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+    if vocab_size < MIN_BPE_VOCAB:
+        raise TrainingError(
+            f"--vocab-size {vocab_size} is too small: a byte-level BPE vocabulary "
+            f"holds the {MIN_BPE_VOCAB} bytes plus the merges it learns"
+        )
+    return vocab_size
+
+
 class _ModelDefault:
     def __repr__(self) -> str:
         return "PER_MODEL"
@@ -60,8 +78,9 @@ PER_MODEL: Any = _ModelDefault()
 @dataclass
 class TrainConfig:
     model: str  # one of MODEL_KINDS
-    data: str
+    data: str | None  # a corpus, prepared into the dataset cache (models.dataset) ...
     out: str
+    dataset: str | None = None  # ... or a folder `tinygpt prepare` wrote
     max_steps: int = PER_MODEL
     batch_size: int = PER_MODEL
     block_size: int = PER_MODEL
@@ -72,6 +91,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_interval: int = PER_MODEL
     eval_iters: int = PER_MODEL
+    # The final full pass and the bigram's count-based optimum read the first val_tokens of
+    # the val split (0: all of it); a large corpus' val split can hold far more than a
+    # reliable estimate needs.
+    val_tokens: int = 1_000_000
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
     min_delta: float = 0.0
     seed: int = 1337
@@ -92,6 +115,8 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = True
     scale_embeddings: bool = False
+    # folder for TensorBoard event files (models.interop.tensorboard); None writes none
+    tensorboard: str | None = None
 
     @classmethod
     def defaults(cls, kind: str) -> dict[str, Any]:
@@ -105,16 +130,10 @@ class TrainConfig:
         for name, value in self.defaults(self.model).items():
             if getattr(self, name) is PER_MODEL:
                 setattr(self, name, value)
-        if self.tokenizer not in ("char", "bpe"):
-            raise TrainingError(f"unknown tokenizer {self.tokenizer!r}; choose char or bpe")
-        if self.tokenizer == "bpe" and self.vocab_size is None:
-            self.vocab_size = DEFAULT_BPE_VOCAB
-        if self.tokenizer == "char" and self.vocab_size is not None:
-            raise TrainingError("--vocab-size applies to --tokenizer bpe only")
-        if self.tokenizer == "bpe" and (self.vocab_size or 0) < MIN_BPE_VOCAB:
-            raise TrainingError(
-                f"--vocab-size {self.vocab_size} is too small: a byte-level BPE vocabulary "
-                f"holds the {MIN_BPE_VOCAB} bytes plus the merges it learns"
-            )
+        if (self.data is None) == (self.dataset is None):
+            raise TrainingError("give --data (a corpus) or --dataset (a prepared one)")
+        if self.val_tokens < 0:
+            raise TrainingError("--val-tokens must be 0 (the whole val split) or more")
+        self.vocab_size = checked_vocab_size(self.tokenizer, self.vocab_size)
         if self.grad_accum_steps < 1:
             raise TrainingError("--grad-accum-steps must be at least 1")

@@ -7,14 +7,14 @@ import torch
 
 from models.checkpoint import Model
 from models.config import TrainConfig
-from models.data import get_batch, sequential_batches
+from models.data import Tokens, get_batch, sequential_batches
 from models.device import autocast_for
 from models.distributed import SINGLE_PROCESS, DistEnv, all_sum
 
 
 @torch.no_grad()
 def full_pass_loss(
-    model: Model, ids: torch.Tensor, block_size: int, batch_size: int = 64
+    model: Model, ids: Tokens, block_size: int, batch_size: int = 64
 ) -> tuple[float, int]:
     """Mean cross-entropy over every target of `ids`, in order: deterministic, no sampling."""
     was_training = model.training
@@ -32,7 +32,7 @@ def full_pass_loss(
 @torch.no_grad()
 def sampled_loss(
     model: Model,
-    data: torch.Tensor,
+    data: Tokens,
     cfg: TrainConfig,
     seed: int,
     device: torch.device,

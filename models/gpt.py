@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from models.data import TrainingData
+
+Activation = Literal["gelu", "gelu_tanh"]
 
 
 @dataclass
@@ -23,10 +27,15 @@ class GPTConfig:
     bias: bool = True
     # Multiply token embeddings by sqrt(n_embd) so they are not drowned by the positions.
     scale_embeddings: bool = False
+    # The MLP's GELU: exact, as this project trains, or tanh-approximated, as OpenAI's GPT-2
+    # checkpoints were trained (`tinygpt import --from-hf` keeps theirs).
+    activation: Activation = "gelu"
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"unknown activation {self.activation!r}; choose gelu or gelu_tanh")
 
 
 class GPTTrainingSettings(Protocol):
@@ -165,7 +174,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -342,7 +351,7 @@ class GPT(nn.Module):
 
     @classmethod
     def for_training(
-        cls, settings: GPTTrainingSettings, vocab_size: int, train_ids: torch.Tensor
+        cls, settings: GPTTrainingSettings, vocab_size: int, data: TrainingData
     ) -> GPT:
         """A freshly initialised GPT of the shape `settings` gives; the data plays no part."""
         return cls(
@@ -371,18 +380,16 @@ class GPT(nn.Module):
         logits, _ = self(probe)
         return torch.softmax(logits.float(), dim=-1).reshape(-1, logits.size(-1)).cpu()
 
-    def training_diagnostics(
-        self, train_ids: torch.Tensor, val_ids: torch.Tensor
-    ) -> dict[str, float]:
+    def training_diagnostics(self, data: TrainingData) -> dict[str, float]:
         """Nothing beyond the losses and drift."""
         return {}
 
     def final_diagnostics(
-        self, train_ids: torch.Tensor, val_ids: torch.Tensor, val_loss: float
+        self, data: TrainingData, val_loss: float
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Nothing beyond the losses."""
         return {}, {}
 
-    def manifest_extras(self, train_ids: torch.Tensor) -> dict[str, Any]:
+    def manifest_extras(self, data: TrainingData) -> dict[str, Any]:
         """Nothing beyond the weights and settings."""
         return {}

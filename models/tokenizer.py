@@ -1,19 +1,17 @@
 """Tokenizers: characters (the vocabulary is the sorted set of characters of the corpus) and
 byte-level BPE (subwords learned on the corpus). Both offer the same interface: `kind`,
 `vocab_size`, `start_id`, `encode`, `decode`, `token_text`, `to_dict` and `from_dict`.
-`bpe_for_training_split` learns a BPE vocabulary for training without looking at validation."""
+models.dataset learns a BPE vocabulary for training without looking at validation."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
-
-from models.data import TRAIN_FRACTION
 
 MIN_BPE_VOCAB = 256  # one token per byte before any merge
 
@@ -93,10 +91,12 @@ class BPETokenizer:
         self.hf = tokenizer
 
     @classmethod
-    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
-        """Learn merges on `text` until the vocabulary holds `vocab_size` tokens (or no pair
-        repeats). No special tokens: nothing in a plain-text corpus marks where they would go,
-        and one would make a literal "<|endoftext|>" in a prompt encode to an untrained id."""
+    def train(cls, texts: str | Iterable[str], vocab_size: int) -> BPETokenizer:
+        """Learn merges on `texts` until the vocabulary holds `vocab_size` tokens (or no pair
+        repeats). Each text is pre-tokenized on its own: pieces of a larger text must be cut
+        where no pre-token spans (models.dataset does). No special tokens: nothing in a
+        plain-text corpus marks where they would go, and one would make a literal
+        "<|endoftext|>" in a prompt encode to an untrained id."""
         if vocab_size < MIN_BPE_VOCAB:
             raise ValueError(
                 f"vocab_size {vocab_size} is too small: a byte-level BPE vocabulary holds "
@@ -110,7 +110,7 @@ class BPETokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tokenizer.train_from_iterator([text], trainer)
+        tokenizer.train_from_iterator([texts] if isinstance(texts, str) else texts, trainer)
         return cls(tokenizer)
 
     @property
@@ -160,23 +160,3 @@ def tokenizer_from_dict(data: dict) -> TextTokenizer:
     if kind not in TOKENIZERS:
         raise ValueError(f"unsupported tokenizer kind {kind!r}; this build reads char and bpe")
     return TOKENIZERS[kind].from_dict(data)
-
-
-def bpe_for_training_split(text: str, vocab_size: int) -> BPETokenizer:
-    """A BPE tokenizer that never saw the validation text.
-
-    The split is by tokens (the first 90% train), as `tinygpt eval --split` makes it, so where
-    validation starts in the text depends on the tokenizer. Learn the merges on the first 90%
-    of the characters: a tokenizer compresses its own training text best, so the token split
-    then lands at or after that point. Should it land earlier, learn again on the text before
-    it, until the validation tokens lie wholly in text the merges were not learned from.
-    """
-    seen = int(TRAIN_FRACTION * len(text))
-    while True:
-        tokenizer = BPETokenizer.train(text[:seen], vocab_size)
-        encoding = tokenizer.hf.encode(text)
-        n_train = int(TRAIN_FRACTION * len(encoding.ids))  # as train_val_split cuts
-        val_start = encoding.offsets[n_train][0]  # character offset of the first val token
-        if val_start >= seen:
-            return tokenizer
-        seen = val_start

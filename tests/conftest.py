@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,19 @@ def corpus_text(chars: int) -> str:
     while len(text) < chars:
         text += FALLBACK_TEXT
     return text[:chars]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Training with --data prepares into a dataset cache (models.dataset): the suite's, in a
+    temporary folder, is shared by its tests (and the trainers they start) but no one else."""
+    previous = os.environ.get("TINYGPT_CACHE")
+    os.environ["TINYGPT_CACHE"] = str(tmp_path_factory.mktemp("tinygpt-cache"))
+    yield
+    if previous is None:
+        del os.environ["TINYGPT_CACHE"]
+    else:
+        os.environ["TINYGPT_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.bigram import (
     BigramConfig,
@@ -18,7 +19,7 @@ V = 11
 def make(init: str, train_ids: torch.Tensor | None = None) -> BigramLanguageModel:
     torch.manual_seed(0)
     model = BigramLanguageModel(BigramConfig(vocab_size=V, init=init))
-    model.init_weights(train_ids)
+    model.init_weights(None if train_ids is None else bigram_counts(train_ids, V))
     return model
 
 
@@ -29,9 +30,36 @@ def random_ids(n: int = 2000, seed: int = 0) -> torch.Tensor:
 def test_logits_shape_and_zeros_loss_is_ln_v():
     model = make("zeros")
     idx = random_ids(64).view(4, 16)
-    logits, loss = model(idx, idx)
+    logits, _ = model(idx)
     assert logits.shape == (4, 16, V)
+    _, loss = model(idx, idx)
     assert loss.item() == pytest.approx(math.log(V), abs=1e-6)
+
+
+def test_pair_count_loss_and_gradient_are_the_logits_cross_entropy():
+    # With repeated pairs and rows, and the prior in the objective, as in training.
+    model = make("normal")
+    x, y = random_ids(512, seed=1).view(8, 64), random_ids(512, seed=2).view(8, 64)
+    _, loss = model(x, y)
+    (loss - 0.3 * model.dirichlet_log_prior()).backward()
+    fast = model.token_embedding_table.weight.grad.clone()
+    model.zero_grad()
+    weight = model.token_embedding_table.weight
+    reference = F.cross_entropy(weight[x].view(-1, V), y.view(-1))
+    (reference - 0.3 * F.log_softmax(weight, dim=-1).sum()).backward()
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+    assert torch.allclose(fast, weight.grad, atol=1e-6)
+    assert fast.abs().max() > 1e-3  # the gradient compared is not zero
+
+
+def test_prior_after_a_weight_update_is_not_a_stale_one():
+    model = make("normal")
+    x = random_ids(64).view(4, 16)
+    model(x, x)
+    with torch.no_grad():
+        model.token_embedding_table.weight.mul_(3.0)
+    expected = F.log_softmax(model.token_embedding_table.weight, dim=-1).sum()
+    assert model.dirichlet_log_prior().item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_no_targets_no_loss():
@@ -64,7 +92,7 @@ def test_empirical_warm_start_is_the_count_based_optimum_at_step_zero():
 
 
 def test_empirical_init_needs_data():
-    with pytest.raises(ValueError, match="training split"):
+    with pytest.raises(ValueError, match="training split's counts"):
         make("empirical")
 
 

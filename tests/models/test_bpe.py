@@ -3,12 +3,14 @@ import json
 import pytest
 import torch
 
+import models.dataset as dataset_module
 import models.train as train_module
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.cli import main
 from models.config import TrainConfig
+from models.dataset import prepare_dataset
 from models.gpt import GPT, GPTConfig
-from models.tokenizer import BPETokenizer, bpe_for_training_split, tokenizer_from_dict
+from models.tokenizer import BPETokenizer, tokenizer_from_dict
 from models.train import LOG_FILE, REPORT_FILE
 
 UNSEEN = "Ünïcødé → 日本語 🎉 ½ \t\r\n\x00 naïve café ẞ 𝔘𝔫𝔦"
@@ -67,21 +69,25 @@ def test_checkpoint_keeps_the_bpe_tokenizer(tokenizer, tmp_path, small_corpus):
     assert loaded.tokenizer.start_id == tokenizer.start_id
 
 
-def test_merges_are_never_learned_on_validation_text(small_corpus, monkeypatch):
+def test_merges_are_never_learned_on_validation_text(small_corpus, tmp_path, monkeypatch):
     # Validation text that the training text's merges compress far better than the training
     # text itself: the token split then falls before 90% of the characters, and the merges
     # must be relearned on the shorter prefix.
     train = small_corpus.read_text()[:9000]
     text = train + " the" * 250
+    (tmp_path / "corpus.txt").write_text(text)
     learned_on: list[str] = []
     original = BPETokenizer.train.__func__
 
-    def recording_train(cls, corpus: str, vocab_size: int) -> BPETokenizer:
-        learned_on.append(corpus)
-        return original(cls, corpus, vocab_size)
+    def recording_train(cls, texts, vocab_size: int) -> BPETokenizer:
+        learned_on.append("".join(texts))
+        return original(cls, learned_on[-1], vocab_size)
 
     monkeypatch.setattr(BPETokenizer, "train", classmethod(recording_train))
-    tokenizer = bpe_for_training_split(text, 300)
+    dataset = prepare_dataset(tmp_path / "corpus.txt", tmp_path / "data", "bpe", 300)
+    tokenizer = dataset.tokenizer
+    assert isinstance(tokenizer, BPETokenizer)
+    assert dataset.manifest["split"]["bpe_learned_on_chars"] == len(learned_on[-1])
     encoding = tokenizer.hf.encode(text)
     val_start = encoding.offsets[int(0.9 * len(encoding.ids))][0]
     assert len(learned_on) > 1, "the first split should have overlapped validation"
@@ -134,6 +140,6 @@ def test_resume_keeps_the_learned_vocabulary(small_corpus, tmp_path, monkeypatch
     def must_not_learn(*args, **kwargs):
         raise AssertionError("a resumed run must reuse the saved tokenizer")
 
-    monkeypatch.setattr(train_module, "bpe_for_training_split", must_not_learn)
+    monkeypatch.setattr(dataset_module, "learn_bpe", must_not_learn)
     resumed = train_module.Trainer(cfg, resume=True)
     assert resumed.tokenizer.to_dict() == first.tokenizer.to_dict()
