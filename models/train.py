@@ -15,6 +15,7 @@ has: `for_training` builds it, `training_objective` adds terms to the loss,
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import sys
@@ -290,6 +291,10 @@ class Trainer:
             report = self.finish() if self.dist.is_main else None
             return broadcast_from_main(report)
         finally:
+            # The DDP wrapper holds the process group: dropped here, its gloo threads stop now,
+            # not while the interpreter is torn down (which can abort the process).
+            self.ddp = None
+            gc.collect()
             leave_process_group()
             if self.tensorboard is not None:
                 self.tensorboard.close()
