@@ -18,12 +18,14 @@ tokenizer settings, so a second run or a `--resume` reads the tokens without enc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +41,9 @@ from models.tokenizer import BPETokenizer, CharTokenizer, TextTokenizer, tokeniz
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "dataset.json"
+# The token files' identities when their hashes last matched (see write_verified).
+VERIFIED_FILE = "verified.json"
+RACY_SECONDS = 2
 SPLIT_FILES = {"train": "train.bin", "val": "val.bin"}
 ALL_TOKENS_FILE = "tokens.bin"  # BPE only, while preparing: every token, before the split
 HASH_BLOCK = 1 << 24
@@ -127,27 +132,35 @@ class SourceScan:
     n_bytes: int
     n_chars: int
     text_sha256: str
-    char_counts: np.ndarray  # occurrences of every code point
+    chars: np.ndarray  # the code points the text holds, in order
 
 
 def scan_source(source: Path, progress: bool) -> SourceScan:
     files = corpus_files(source)
     n_bytes = sum(f.stat().st_size for f in files)
     digest = hashlib.sha256()
-    char_counts = np.zeros(0x110000, dtype=np.int64)
+    present = np.zeros(0x110000, dtype=bool)
+    ascii_seen = b""  # the ASCII characters found so far, as bytes
     n_chars = 0
     hashing = Background()
     with progress_bar(n_bytes, "scan", progress) as bar:
         for text in read_corpus(source):
             encoded = text.encode("utf-8")
             hashing.submit(digest.update, encoded)
-            char_counts += np.bincount(code_points(text), minlength=len(char_counts))
+            if text.isascii():
+                # bytes.translate deleting the characters already seen runs at memory speed;
+                # a bincount of every byte is several times slower
+                ascii_seen += bytes(set(encoded.translate(None, ascii_seen)))
+            else:
+                present |= np.bincount(code_points(text), minlength=len(present)) > 0
             n_chars += len(text)
             bar.update(len(encoded))
     hashing.close()
     if n_chars < 2:
         raise CorpusError(f"{source} holds fewer than two characters; nothing to learn from")
-    return SourceScan([str(f) for f in files], n_bytes, n_chars, digest.hexdigest(), char_counts)
+    present[list(ascii_seen)] = True
+    chars = np.flatnonzero(present)
+    return SourceScan([str(f) for f in files], n_bytes, n_chars, digest.hexdigest(), chars)
 
 
 def text_prefix(source: Path, n_chars: int) -> Iterator[str]:
@@ -225,16 +238,21 @@ def encode_chars(
 ) -> tuple[CharTokenizer, dict[str, WrittenTokens]]:
     """Characters: the vocabulary is the sorted set of the corpus' characters (its code
     points, in order), each piece encoded through a table indexed by code point."""
-    present = np.flatnonzero(scan.char_counts)
+    present = scan.chars
     tokenizer = CharTokenizer([chr(c) for c in present])
     dtype = token_dtype(len(present))
     table = np.zeros(present[-1] + 1, dtype=dtype)
     table[present] = np.arange(len(present), dtype=dtype)
+    # An ASCII vocabulary maps bytes to ids through bytes.translate, twice numpy's indexing.
+    ascii_table = bytes(table.tolist() + [0] * (256 - len(table))) if present[-1] < 128 else None
     writers = {name: TokenWriter(staging / file, dtype) for name, file in SPLIT_FILES.items()}
     n_train = int(TRAIN_FRACTION * scan.n_chars)
     with progress_bar(scan.n_bytes, "encode char", progress) as bar:
         for text in read_corpus(source):
-            tokens = table[code_points(text)]
+            if ascii_table is None:
+                tokens = table[code_points(text)]
+            else:
+                tokens = np.frombuffer(text.encode("ascii").translate(ascii_table), np.uint8)
             cut = max(0, min(len(tokens), n_train - writers["train"].count))
             writers["train"].write(tokens[:cut])
             writers["val"].write(tokens[cut:])
@@ -383,6 +401,8 @@ def prepare_dataset(
             },
         }
         atomic_write_json(staging / MANIFEST_FILE, manifest)
+        # The hashes were taken from the tokens as they were written, by this process alone.
+        write_verified(staging, {file.path.name: file.sha256 for file in files.values()})
         os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp's folder is the owner's alone
         commit_folder(staging, out)
     except BaseException:
@@ -417,10 +437,54 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_identity(path: Path) -> dict[str, int]:
+    """What changes whenever a file's bytes do: its inode, size, and modification and
+    status-change times (st_ctime cannot be set back from user space)."""
+    st = path.stat()
+    return {
+        "ino": st.st_ino,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+    }
+
+
+def write_verified(folder: Path, hashes: dict[str, str]) -> None:
+    """Record that the token files `hashes` names had those sha256s as they are now, so that
+    opening the dataset again need not read them all (2 GB for a 1 GB corpus) to know.
+
+    A file changed within the timestamp granularity of its last write could keep its times
+    (the "racy" case git knows), so `open_dataset` records no file written less than
+    RACY_SECONDS before it checked it: that one is hashed again next time. `prepare_dataset`
+    records its files at once: it wrote them, in a folder of its own."""
+    entries = {}
+    for name, sha256 in hashes.items():
+        identity = file_identity(folder / name)
+        entries[name] = {**identity, "sha256": sha256}
+    with contextlib.suppress(OSError):  # a read-only dataset is hashed at every open
+        atomic_write_json(folder / VERIFIED_FILE, {"files": entries})
+
+
+def verified_hashes(folder: Path) -> dict[str, str]:
+    """The recorded sha256 of each token file whose identity is still the recorded one."""
+    try:
+        entries = json.loads((folder / VERIFIED_FILE).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    hashes = {}
+    for name, entry in entries.items():
+        file = folder / name
+        unchanged = isinstance(entry, dict) and file.is_file()
+        if unchanged and {**file_identity(file), "sha256": entry.get("sha256")} == entry:
+            hashes[name] = entry["sha256"]
+    return hashes
+
+
 def open_dataset(path: str | Path, verify: bool = True) -> Dataset:
     """Open a dataset folder, its splits read on demand. Each token file is checked
     against the size and (with `verify`) the sha256 in the manifest: a truncated or modified
-    file is refused with an error naming it."""
+    file is refused with an error naming it. A file unchanged since its last verification
+    (see `write_verified`) is not read again."""
     path = Path(path)
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -438,6 +502,8 @@ def open_dataset(path: str | Path, verify: bool = True) -> Dataset:
         )
     dtype = np.dtype(manifest["dtype"])
     splits = {}
+    known = verified_hashes(path) if verify else {}
+    hashed: dict[str, str] = {}
     for name, entry in manifest["files"].items():
         file = path / entry["file"]
         size = file.stat().st_size if file.is_file() else None
@@ -446,12 +512,17 @@ def open_dataset(path: str | Path, verify: bool = True) -> Dataset:
                 f"dataset {path}: {entry['file']} holds {size} bytes, the manifest says "
                 f"{entry['tokens']} tokens of {dtype.itemsize} bytes; prepare it again"
             )
-        if verify and file_sha256(file) != entry["sha256"]:
-            raise DatasetError(
-                f"dataset {path}: {entry['file']} does not match the sha256 in {MANIFEST_FILE}; "
-                "the tokens were modified: prepare the dataset again"
-            )
+        if verify and known.get(entry["file"]) != entry["sha256"]:
+            if file_sha256(file) != entry["sha256"]:
+                raise DatasetError(
+                    f"dataset {path}: {entry['file']} does not match the sha256 in "
+                    f"{MANIFEST_FILE}; the tokens were modified: prepare the dataset again"
+                )
+            if time.time_ns() - file_identity(file)["mtime_ns"] > RACY_SECONDS * 1e9:
+                hashed[entry["file"]] = entry["sha256"]
         splits[name] = TokenFile(file, dtype, entry["tokens"])
+    if hashed:
+        write_verified(path, {**known, **hashed})
     tokenizer = tokenizer_from_dict(manifest["tokenizer"])
     return Dataset(path, manifest, tokenizer, splits["train"], splits["val"])
 

@@ -1,7 +1,9 @@
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -88,6 +90,36 @@ def test_a_modified_or_truncated_token_file_is_refused(small_corpus, tmp_path):
     val.write_bytes(bytes(data[:-2]))
     with pytest.raises(DatasetError, match="val.bin holds"):
         open_dataset(tmp_path / "data")
+
+
+def test_an_unchanged_dataset_is_not_hashed_again_and_a_changed_one_is(
+    small_corpus, tmp_path, monkeypatch
+):
+    prepare_dataset(small_corpus, tmp_path / "data")
+    hashed: list[str] = []
+    real_sha256 = dataset_module.file_sha256
+    monkeypatch.setattr(
+        dataset_module, "file_sha256", lambda path: hashed.append(path.name) or real_sha256(path)
+    )
+    open_dataset(tmp_path / "data")
+    assert hashed == []  # prepare recorded what it wrote
+    val = tmp_path / "data" / "val.bin"
+    data = bytearray(val.read_bytes())
+    data[3] ^= 1
+    val.write_bytes(bytes(data))  # same size, same inode
+    with pytest.raises(DatasetError, match="val.bin does not match the sha256"):
+        open_dataset(tmp_path / "data")
+    data[3] ^= 1
+    val.write_bytes(bytes(data))  # restored: hashed, but just written, so not recorded
+    hashed.clear()
+    open_dataset(tmp_path / "data")
+    assert hashed == ["val.bin"]
+    old = time.time() - 60
+    os.utime(val, (old, old))
+    open_dataset(tmp_path / "data")  # hashed once more, and recorded now
+    hashed.clear()
+    open_dataset(tmp_path / "data")
+    assert hashed == []
 
 
 def test_bad_corpora_are_named_with_the_offset(tmp_path, small_pieces):
