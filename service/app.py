@@ -11,13 +11,13 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from litestar import Litestar, Router
-from litestar.datastructures import State
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig
-from litestar.types import Guard
+from litestar.types import BeforeMessageSendHookHandler, Guard, Message, Scope
 
 from service.controllers.admin import AdminController
 from service.controllers.generation import GenerationController
@@ -30,17 +30,26 @@ from service.controllers.playground import (
     playground_page,
     playground_static_files,
 )
+from service.controllers.timeline import TimelineController
 from service.controllers.tokenization import TokenizationController
 from service.decoding import StrictJSONRequest
+from service.draining import Drain, drain_on_sigterm
 from service.errors import EXCEPTION_HANDLERS
 from service.inspection import Inspector
 from service.limits import Admission
-from service.metrics import MetricsController
+from service.metrics import SHARED_LIMITS, MetricsController
 from service.openai.errors import on_openai_routes
 from service.openapi import ClosedRequestSchemaPlugin
 from service.registry import ModelRegistry
-from service.security import api_key_guards, cors_config, rate_limit_middleware
-from service.settings import MAX_BODY_BYTES, Settings
+from service.security import (
+    api_key_guards,
+    api_keys,
+    cors_config,
+    rate_limit_middleware,
+    trusted_networks,
+)
+from service.settings import MAX_BODY_BYTES, Settings, replica_name
+from service.shared_limits import LimitStore, RedisLimits, limit_store
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,32 @@ async def loaded_models(app: Litestar) -> AsyncIterator[None]:
         await registry.unload()
 
 
+@asynccontextmanager
+async def shared_limits(app: Litestar) -> AsyncIterator[None]:
+    """The limits' store: connected before the models load, closed after they stop (their
+    last sequences release their leases on the way out)."""
+    store: LimitStore = app.state.limits
+    await store.start()
+    if isinstance(store, RedisLimits):
+        SHARED_LIMITS.stores[id(app)] = store
+    try:
+        yield
+    finally:
+        SHARED_LIMITS.stores.pop(id(app), None)
+        await store.close()
+
+
+def replica_header(replica: str) -> BeforeMessageSendHookHandler:
+    """`X-Replica-Id` on every response, errors and unknown paths included: which worker or
+    replica behind a balancer answered."""
+
+    async def add_header(message: Message, _: Scope) -> None:
+        if message["type"] == "http.response.start":
+            MutableScopeHeaders.from_message(message)["x-replica-id"] = replica
+
+    return add_header
+
+
 def provide_registry(state: State) -> ModelRegistry:
     return state.registry
 
@@ -80,6 +115,10 @@ def provide_inspector(state: State) -> Inspector:
     return state.inspector
 
 
+def provide_drain(state: State) -> Drain:
+    return state.drain
+
+
 DOCS_PATH = "/docs"
 
 
@@ -94,6 +133,7 @@ def v1_router(guards: list[Guard]) -> Router:
             InspectionController,
             TokenizationController,
             PlaygroundController,
+            TimelineController,
         ],
         guards=guards,
     )
@@ -123,6 +163,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     level = settings.log_level.upper()
     guards = api_key_guards(settings)  # none when no API key is configured
+    trusted_networks(settings.trusted_proxies)  # a bad entry stops the start, naming it
+    limits = limit_store(settings.redis_url, settings.redis_lease)
+    replica = replica_name(settings)
     return Litestar(
         route_handlers=[
             HealthController,
@@ -136,8 +179,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             {
                 "settings": settings,
                 "registry": ModelRegistry(settings),
-                "admission": Admission(settings),
+                "admission": Admission(settings, limits),
                 "inspector": Inspector(settings),
+                "limits": limits,
+                "api_keys": tuple(api_keys(settings)),  # who a client is (security.client_key)
+                "replica": replica,
+                "drain": Drain(settings.drain_delay),
             }
         ),
         dependencies={
@@ -145,10 +192,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": Provide(provide_settings, sync_to_thread=False),
             "admission": Provide(provide_admission, sync_to_thread=False),
             "inspector": Provide(provide_inspector, sync_to_thread=False),
+            "drain": Provide(provide_drain, sync_to_thread=False),
         },
-        lifespan=[loaded_models],
+        lifespan=[drain_on_sigterm, shared_limits, loaded_models],
+        before_send=[replica_header(replica)],
         plugins=[ClosedRequestSchemaPlugin()],
-        middleware=[prometheus.middleware, *filter(None, [rate_limit_middleware(settings)])],
+        middleware=[
+            prometheus.middleware,
+            *filter(None, [rate_limit_middleware(settings, limits)]),
+        ],
         cors_config=cors_config(settings),
         exception_handlers=on_openai_routes(EXCEPTION_HANDLERS),
         request_class=StrictJSONRequest,

@@ -2,16 +2,16 @@
 
 A request's sequences (prompts x n) are admitted whole or refused whole: more than
 `max_request_sequences` (or than the engine could ever hold) is a 400 at once; a client that
-already has `max_client_sequences` sequences queued or running gets a 429 until some end; a
-full engine is a 503. A sequence stops counting against its client when it leaves the engine,
-before its reader sees the end, so a client that waits for one answer before sending the next
-request is never refused for its own previous one.
+already has `max_client_sequences` sequences queued or running (across every replica when the
+counts are shared, see service/shared_limits.py) gets a 429 until some end; a full engine is a
+503. A sequence stops counting against its client when it leaves the engine, before its reader
+sees the end, so a client that waits for one answer before sending the next request is never
+refused for its own previous one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 from service.engine import (
     Completion,
@@ -31,6 +31,7 @@ from service.exceptions import (
     OverloadedError,
 )
 from service.settings import Settings
+from service.shared_limits import LimitStore, OverCapError
 
 
 def check_text_length(settings: Settings, text: str, param: str) -> None:
@@ -69,11 +70,12 @@ def generation_failed(err: EngineError) -> GenerationFailedError:
 
 
 class Admission:
-    """Counts each client's sequences in the engines and hands requests to an engine."""
+    """Counts each client's sequences in the engines (in its LimitStore: across replicas when
+    that is shared) and hands requests to an engine."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, counts: LimitStore):
         self.settings = settings
-        self.held: dict[str, int] = {}  # client -> sequences queued or running
+        self.counts = counts
 
     def request_limit(self, engine: Engine) -> int:
         """The most sequences one request may bring to `engine`."""
@@ -95,38 +97,42 @@ class Admission:
                 param=param,
             )
 
-    def submit(
+    async def submit(
         self, engine: Engine, requests: Sequence[GenerationRequest], client: str, param: str
     ) -> list[Stream]:
         """Queue `requests` together for `client` (see `check_size` for `param`)."""
         self.check_size(engine, len(requests), param)
-        held = self.held.get(client, 0)
         cap = self.settings.max_client_sequences
-        if held + len(requests) > cap:
-            raise ClientBusyError(
-                f"this client already has {held} sequences generating or queued, and this "
-                f"request would take it past its limit of {cap} (TINYGPT_MAX_CLIENT_SEQUENCES); "
-                "wait for some to finish, then retry"
-            )
         try:
-            streams = engine.submit_all(requests)
-        except QueueFullError as err:
-            raise OverloadedError(
-                f"the model is generating at capacity and its queue is full ({err}); retry "
-                "after the Retry-After delay"
+            releases = await self.counts.acquire(client, len(requests), cap)
+        except OverCapError as err:
+            where = " across the replicas" if self.counts.shared else ""
+            raise ClientBusyError(
+                f"this client already has {err.held} sequences generating or queued{where}, "
+                f"and this request would take it past its limit of {cap} "
+                "(TINYGPT_MAX_CLIENT_SEQUENCES); wait for some to finish, then retry"
             ) from None
-        except EngineClosedError:
-            raise NotReadyError("the server is shutting down; retry on another instance") from None
-        except ValueError as err:
-            raise InvalidRequestError(str(err), param="prompt") from None
-        self.held[client] = held + len(streams)
-        for stream in streams:
-            stream.on_end(partial(self.release, client))
+        try:
+            streams = enqueue(engine, requests)
+        except BaseException:
+            for release in releases:
+                release()
+            raise
+        for stream, release in zip(streams, releases, strict=True):
+            stream.on_end(release)
         return streams
 
-    def release(self, client: str) -> None:
-        left = self.held[client] - 1
-        if left:
-            self.held[client] = left
-        else:
-            del self.held[client]
+
+def enqueue(engine: Engine, requests: Sequence[GenerationRequest]) -> list[Stream]:
+    """`engine.submit_all`, its refusals in the words the client is told."""
+    try:
+        return engine.submit_all(requests)
+    except QueueFullError as err:
+        raise OverloadedError(
+            f"the model is generating at capacity and its queue is full ({err}); retry "
+            "after the Retry-After delay"
+        ) from None
+    except EngineClosedError:
+        raise NotReadyError("the server is shutting down; retry on another instance") from None
+    except ValueError as err:
+        raise InvalidRequestError(str(err), param="prompt") from None

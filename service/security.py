@@ -1,4 +1,5 @@
-"""Access and limits: API-key and admin-key guards, per-client rate limiting, CORS.
+"""Access and limits: API-key and admin-key guards, who a client is, per-client rate limiting,
+CORS.
 
 Keys are compared in constant time (`hmac.compare_digest`) against every configured key and
 are never logged; a refusal logs only the method and path.
@@ -8,21 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
+import math
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.exceptions.http_exceptions import TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware import DefineMiddleware
-from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
-from litestar.types import Guard, Receive, Scope, Send
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Guard, Message, Receive, Scope, Send
 
 from service.settings import Settings, SettingsError
+from service.shared_limits import LimitStore
 
 log = logging.getLogger(__name__)
 
@@ -132,60 +138,126 @@ def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     require_bearer(connection, keys, kind="admin key", detail=ADMIN_KEY_DETAIL)
 
 
-# -- rate limiting ------------------------------------------------------------------------
+# -- who a client is ----------------------------------------------------------------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=8)
+def trusted_networks(text: str) -> tuple[Network, ...]:
+    """TINYGPT_TRUSTED_PROXIES: comma-separated addresses or CIDR networks."""
+    networks = []
+    for entry in split_keys(text):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"invalid setting trusted_proxies={text!r} (TINYGPT_TRUSTED_PROXIES): "
+                f"{entry!r} is neither an IP address nor a network such as 10.0.0.0/8"
+            ) from None
+    return tuple(networks)
+
+
+def parsed_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def trusted_hop(hop: str, trusted: Sequence[Network]) -> bool:
+    address = parsed_address(hop)
+    return address is not None and any(address in network for network in trusted)
+
+
+def forwarded_client(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str:
+    """The address a request comes from: its peer, unless the peer is a trusted proxy; then
+    the X-Forwarded-For hops are read from the nearest (rightmost) back, past the trusted ones,
+    and the first other hop is the client. Only a trusted proxy's hops are believed, so what a
+    client writes in the header itself never decides who it is."""
+    hops = [peer, *(h.strip() for v in reversed(forwarded_for) for h in reversed(v.split(",")))]
+    client = next((hop for hop in hops if not trusted_hop(hop, trusted)), hops[-1])
+    address = parsed_address(client)
+    # Written as Python spells it, so that one address has one spelling.
+    return str(address) if address is not None else client
 
 
 def client_key(connection: ASGIConnection) -> str:
     """Who a request comes from, for per-client limits: its API key (hashed, so it is not
-    kept as is) when keys are on, else its peer address. Keys count only when they are
-    checked, and a forwarded-for header only when a proxy is trusted to set it (none is), so
-    a client cannot pass as another by what it sends."""
+    kept as is) when it sends a valid one, else its address (see `forwarded_client`). A key
+    counts only when it is valid, so guessing keys does not buy fresh budgets."""
     settings: Settings = connection.app.state.settings
+    keys: tuple[str, ...] = connection.app.state.api_keys
     token = bearer_token(connection.headers)
-    if token is not None and api_keys_configured(settings):
+    if token is not None and keys and key_matches(token, keys):
         return "key:" + hashlib.sha256(token.encode()).hexdigest()[:32]
-    client = connection.client
-    return "addr:" + (client.host if client else "unknown")
+    peer = connection.client.host if connection.client else "unknown"
+    forwarded = connection.headers.getall("x-forwarded-for", [])
+    return "addr:" + forwarded_client(peer, forwarded, trusted_networks(settings.trusted_proxies))
 
 
-def api_keys_configured(settings: Settings) -> bool:
-    return bool(settings.api_keys.strip() or settings.api_key_file)
+# -- rate limiting ------------------------------------------------------------------------
+
+WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+# The probes and the metrics are never limited: a balancer or Prometheus must always get in.
+UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
-class RetryAfterRateLimitMiddleware(RateLimitMiddleware):
-    """Litestar's rate limiter, whose 429 also says `Retry-After` (seconds to the reset)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except TooManyRequestsException as exc:
-            if exc.headers is None or "retry-after" in {k.lower() for k in exc.headers}:
-                raise
-            headers = dict(exc.headers)
-            reset = headers.get(self.config.rate_limit_reset_header_key, "1")
-            retry = max(1, int(reset)) if str(reset).lstrip("-").isdigit() else 1
-            raise TooManyRequestsException(
-                detail=f"rate limit of {self.max_requests} requests per {self.unit} exceeded "
-                f"for this client (TINYGPT_RATE_LIMIT); retry after {retry} s",
-                headers={**headers, "retry-after": str(retry)},
-            ) from None
+def unlimited(scope: Scope) -> bool:
+    return scope["path"] in UNLIMITED_PATHS
 
 
-def parse_rate_limit(text: str) -> tuple[Any, int]:
+def parse_rate_limit(text: str) -> tuple[int, str]:
+    """ "120/minute" -> (120, "minute"); the pattern of `Settings.rate_limit` checked it."""
     count, _, unit = text.partition("/")
-    return unit, int(count)
+    return int(count), unit
 
 
-def rate_limit_middleware(settings: Settings) -> DefineMiddleware | None:
-    if not settings.rate_limit:
-        return None
-    config = RateLimitConfig(
-        rate_limit=parse_rate_limit(settings.rate_limit),
-        exclude=[r"^/health$", r"^/ready$", r"^/metrics$"],
-        identifier_for_request=client_key,
-        middleware_class=RetryAfterRateLimitMiddleware,
-    )
-    return config.middleware
+class RateLimitMiddleware(ASGIMiddleware):
+    """TINYGPT_RATE_LIMIT: requests per client (`client_key`) per fixed window, counted in the
+    app's LimitStore (Redis when shared, atomically); over it, a 429 with `Retry-After`.
+    Answers carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, store: LimitStore, rate_limit: str):
+        self.should_bypass_for_scope = unlimited
+        self.store = store
+        self.limit, self.unit = parse_rate_limit(rate_limit)
+        self.window_s = WINDOW_SECONDS[self.unit]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        hit = await self.store.hit(client_key(ASGIConnection(scope)), self.limit, self.window_s)
+        reset = max(1, math.ceil(hit.reset_after))
+        if not hit.allowed:
+            raise TooManyRequestsException(
+                detail=f"rate limit of {self.limit} requests per {self.unit} exceeded for this "
+                f"client (TINYGPT_RATE_LIMIT); retry after {reset} s",
+                headers={"retry-after": str(reset), **self.headers(0, reset)},
+            )
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableScopeHeaders.from_message(message)
+                for name, value in self.headers(hit.remaining, reset).items():
+                    headers[name] = value
+            await send(message)
+
+        await next_app(scope, receive, send_with_headers)
+
+    def headers(self, remaining: int, reset: int) -> dict[str, str]:
+        return {
+            "ratelimit-limit": str(self.limit),
+            "ratelimit-remaining": str(remaining),
+            "ratelimit-reset": str(reset),
+        }
+
+
+def rate_limit_middleware(settings: Settings, store: LimitStore) -> RateLimitMiddleware | None:
+    return RateLimitMiddleware(store, settings.rate_limit) if settings.rate_limit else None
 
 
 def cors_config(settings: Settings) -> CORSConfig | None:
@@ -196,5 +268,5 @@ def cors_config(settings: Settings) -> CORSConfig | None:
         allow_origins=origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["authorization", "content-type"],
-        expose_headers=["retry-after"],
+        expose_headers=["retry-after", "x-replica-id"],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -40,8 +41,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # and those one client (API key, else address) may have queued or running at once.
     max_request_sequences: Annotated[int, msgspec.Meta(ge=1)] = 64
     max_client_sequences: Annotated[int, msgspec.Meta(ge=1)] = 128
-    # torch.compile the GPT decode step (needs a C++ compiler on CPU; slower start-up).
-    compile_decode: bool = False
+    # torch.compile the GPT decode step; unset: when this machine can (see
+    # service.engine.runners.compile_blocker). Models compile after start-up, /ready says 503
+    # until they are done, and inductor's cache (TORCHINDUCTOR_CACHE_DIR, by default under the
+    # tinygpt cache folder) makes a restart's compile take seconds.
+    compile_decode: bool | None = None
     # Threads torch uses for model work; unset: see `torch_threads_for`.
     torch_threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
     log_level: LogLevel = "info"
@@ -63,6 +67,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cors_origins: str = ""
     # Seconds SIGTERM waits for in-flight requests (streams included) before closing them.
     shutdown_grace: Annotated[int, msgspec.Meta(ge=0)] = 30
+    # Seconds the server keeps accepting after SIGTERM while /ready answers 503 ("draining"),
+    # so that a balancer polling /ready stops routing here first; then shutdown_grace applies.
+    drain_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Serving processes sharing the one port, each with its own engines (see torch_threads_for).
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # What this process answers as: the X-Replica-Id header and the `replica` label of
+    # /metrics. Empty: `<host name>-<process id>`; with several workers each adds its pid.
+    replica_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{0,64}$")] = ""
+    # Where the rate limit and the client caps are counted across workers and replicas (see
+    # service/shared_limits.py); empty: in each process. A replica that dies stops holding
+    # its client's sequences within `redis_lease` seconds.
+    redis_url: Annotated[str, msgspec.Meta(pattern=r"^$|^(redis|rediss|unix)://")] = ""
+    redis_lease: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    # Proxies whose X-Forwarded-For names the client (addresses or CIDR networks,
+    # comma-separated); from any other peer the header is ignored.
+    trusted_proxies: str = ""
 
     @classmethod
     def from_env(
@@ -84,13 +104,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def torch_threads_for(settings: Settings) -> int:
-    """The threads torch uses for model work: as set, else one core fewer than this process may
-    use (at most 8). The small matrices of these models gain little from more threads, and on a
+    """The threads torch uses for model work in each worker: as set, else the cores this
+    process may use shared among the workers, one fewer each for its event loop (at least 1,
+    at most 8). The small matrices of these models gain little from more threads, and on a
     2-core machine torch's default of one per core let its threads compete with the event loop:
     one thread served 4,014 tokens/s to 32 clients where two served 2,188-3,104."""
     if settings.torch_threads is not None:
         return settings.torch_threads
-    return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(8, cores // settings.workers - 1))
+
+
+def replica_name(settings: Settings) -> str:
+    """What this process answers as (see `Settings.replica_id`)."""
+    name = settings.replica_id or socket.gethostname()
+    if settings.replica_id and settings.workers == 1:
+        return name
+    return f"{name}-{os.getpid()}"
 
 
 def env_name(field: str) -> str:

@@ -122,7 +122,8 @@ class GenerationController(Controller):
             timeout=settings.request_timeout,
         )
         # Checked and queued before the response starts: bad input still gets a 4xx.
-        [stream] = admission.submit(model.engine, [engine_request], client_key(request), "prompt")
+        client = client_key(request)
+        [stream] = await admission.submit(model.engine, [engine_request], client, "prompt")
         prompt_tokens = len(prompt_ids) if data.prompt else 0
         if data.stream:
             return EventStream(generation_events(model.id, stream, prompt_tokens))

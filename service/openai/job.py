@@ -161,7 +161,7 @@ class CompletionJob:
             for i, prompt in enumerate(prompts):
                 ids = prompt.ids if prompt.tokens else []
                 scores[i] = await inspector.score_prompt(self.model, ids, self.logprobs)
-        streams = self.submit(prompts, admission, client) if self.max_tokens else None
+        streams = await self.submit(prompts, admission, client) if self.max_tokens else None
         for i, prompt in enumerate(prompts):
             for j in range(self.best_of):
                 index = i * self.best_of + j
@@ -169,7 +169,9 @@ class CompletionJob:
                 choice = Choice(index, prompt, stream, self.echo, scores[i])
                 self.choices.append(choice)
 
-    def submit(self, prompts: list[Prompt], admission: Admission, client: str) -> list[Stream]:
+    async def submit(
+        self, prompts: list[Prompt], admission: Admission, client: str
+    ) -> list[Stream]:
         data = self.data
         sampling = sampling_params(data, self.model)
         stop = [data.stop] if isinstance(data.stop, str) else data.stop or []
@@ -187,7 +189,7 @@ class CompletionJob:
             for i, prompt in enumerate(prompts)
             for j in range(self.best_of)
         ]
-        return admission.submit(self.model.engine, requests, client, "prompt")
+        return await admission.submit(self.model.engine, requests, client, "prompt")
 
     def extra_stops(self) -> tuple[str, ...]:
         """Stop strings of the route's own, besides the request's (chat: the next turn)."""

@@ -170,7 +170,7 @@ def test_tokenize_and_detokenize(client):
 def test_metrics_count_generated_tokens(client):
     def generated() -> float:
         metrics = client.get("/metrics").text
-        prefix = f'tinygpt_generated_tokens_total{{model="{BIGRAM_ID}"}}'
+        prefix = f'tinygpt_generated_tokens_total{{model="{BIGRAM_ID}",replica='
         return sum(
             float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix)
         )

@@ -203,7 +203,7 @@ def test_bad_streamed_request_is_refused_before_the_stream(client):
 
 
 def running(client: httpx.Client) -> float:
-    pattern = rf'^tinygpt_engine_running_sequences{{model="{SHIPPED_GPT}"}} (\S+)$'
+    pattern = rf'^tinygpt_engine_running_sequences{{model="{SHIPPED_GPT}",replica="[^"]*"}} (\S+)$'
     match = re.search(pattern, client.get("/metrics").text, re.M)
     assert match, "no running_sequences metric"
     return float(match.group(1))

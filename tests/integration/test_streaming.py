@@ -64,7 +64,9 @@ def test_bad_input_is_refused_before_the_stream_starts(client, body, param):
 
 def engine_metric(client: httpx.Client, name: str, **labels: str) -> float:
     wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    pattern = re.compile(rf"^tinygpt_engine_{name}{{{re.escape(wanted)}}} (\S+)$", re.M)
+    # Every series also names the replica that answered (it sorts after these labels).
+    series = rf'^tinygpt_engine_{name}{{{re.escape(wanted)},replica="[^"]*"}} (\S+)$'
+    pattern = re.compile(series, re.M)
     match = pattern.search(client.get("/metrics").text)
     assert match, f"no tinygpt_engine_{name}{{{wanted}}} in /metrics"
     return float(match.group(1))

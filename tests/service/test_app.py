@@ -3,6 +3,7 @@
 import threading
 
 import anyio
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -78,7 +79,7 @@ async def test_ready_turns_200_when_a_slow_load_finishes(settings, monkeypatch):
 
 async def test_the_app_refuses_to_start_when_no_checkpoint_loads(tmp_path):
     (tmp_path / "empty-model").mkdir()
-    app = create_app(Settings(checkpoints=str(tmp_path), device="cpu"))
+    app = create_app(Settings(checkpoints=str(tmp_path), device="cpu", compile_decode=False))
     with pytest.raises(BaseExceptionGroup) as caught:
         async with app.lifespan():
             pass
@@ -108,7 +109,7 @@ async def test_generate_counts_its_tokens_in_metrics(client):
     line = next(
         line
         for line in metrics.splitlines()
-        if line.startswith(f'tinygpt_generated_tokens_total{{model="{GPT_ID}"}}')
+        if line.startswith(f'tinygpt_generated_tokens_total{{model="{GPT_ID}",replica=')
     )
     assert float(line.split()[-1]) >= 7
     assert "tinygpt_http_requests_total" in metrics
@@ -156,3 +157,15 @@ async def test_openapi_documents_every_operation(client):
     generate = schema["components"]["schemas"]["GenerateRequest"]
     assert generate["properties"]["top_p"]["exclusiveMinimum"] == 0
     assert "400" in operations["generate"]["responses"]
+
+
+async def test_every_response_names_its_replica(settings: Settings):
+    app = create_app(msgspec.structs.replace(settings, replica_id="r-7", compile_decode=False))
+    async with AsyncTestClient(app=app) as client:
+        for path in ("/health", "/v1/models", "/no/such/path", "/metrics"):
+            assert (await client.get(path)).headers["x-replica-id"] == "r-7"
+        error = await client.post("/v1/generate", json={"model": "nope"})
+        assert error.status_code == 404 and error.headers["x-replica-id"] == "r-7"
+        metrics = (await client.get("/metrics")).text
+        series = [line for line in metrics.splitlines() if line and not line.startswith("#")]
+        assert series and all('replica="r-7"' in line for line in series)

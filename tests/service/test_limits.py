@@ -100,26 +100,29 @@ async def test_a_client_over_its_concurrent_sequences_is_refused_until_some_end(
     from service.engine import Engine, EngineConfig, GenerationRequest
     from service.exceptions import ClientBusyError, InvalidRequestError
     from service.limits import Admission
+    from service.shared_limits import LocalLimits
 
     tokenizer = CharTokenizer(sorted(set(string.ascii_lowercase)))
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=1,
                           n_embd=8))  # fmt: skip
     engine = Engine(model, tokenizer, EngineConfig(max_running=4, max_waiting=4))
     engine.start()
-    admission = Admission(msgspec.structs.replace(settings, max_client_sequences=3))
+    counts = LocalLimits()
+    admission = Admission(msgspec.structs.replace(settings, max_client_sequences=3), counts)
     forever = GenerationRequest([0], max_new_tokens=10**9)
     try:
-        [running] = admission.submit(engine, [forever], "alice", "prompt")
+        [running] = await admission.submit(engine, [forever], "alice", "prompt")
         with pytest.raises(ClientBusyError, match="already has 1 sequences"):
-            admission.submit(engine, [forever] * 3, "alice", "prompt")
-        others = admission.submit(engine, [forever] * 3, "bob", "prompt")  # bob has his own
+            await admission.submit(engine, [forever] * 3, "alice", "prompt")
+        others = await admission.submit(engine, [forever] * 3, "bob", "prompt")  # his own
         with pytest.raises(InvalidRequestError, match="4 sequences"):  # never admissible
-            admission.submit(engine, [forever] * 4, "carol", "prompt")
-        assert admission.held == {"alice": 1, "bob": 3}
+            await admission.submit(engine, [forever] * 4, "carol", "prompt")
+        assert counts.held == {"alice": 1, "bob": 3}
         running.cancel()
         await running.collect()
-        assert admission.held == {"bob": 3}  # released before the reader saw the end
-        admission.submit(engine, [GenerationRequest([0], max_new_tokens=2)] * 3, "alice", "p")
+        assert counts.held == {"bob": 3}  # released before the reader saw the end
+        short = [GenerationRequest([0], max_new_tokens=2)] * 3
+        await admission.submit(engine, short, "alice", "p")
         for stream in others:
             stream.cancel()
     finally:

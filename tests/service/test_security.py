@@ -9,7 +9,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.security import api_key_guards, key_matches
+from service.security import api_key_guards, forwarded_client, key_matches, trusted_networks
 from service.settings import Settings, SettingsError
 from tests.service.test_app import assert_error
 from tests.service.tiny_models import GPT_ID
@@ -185,3 +185,45 @@ def test_unreadable_key_file_is_a_settings_error(settings: Settings, tmp_path: P
 def test_key_matches():
     assert key_matches("a", ["b", "a"]) and not key_matches("a", ["ab"])
     assert not key_matches(None, ["a"]) and not key_matches("a", [])
+
+
+# -- who a client is ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        ("203.0.113.9", ["10.0.0.1"], "203.0.113.9"),  # not a proxy: the header is ignored
+        ("10.0.0.2", ["198.51.100.7"], "198.51.100.7"),  # a trusted proxy names the client
+        # the client forged a first hop; the proxy appended the real one, which is believed
+        ("10.0.0.2", ["1.2.3.4, 198.51.100.7"], "198.51.100.7"),
+        ("10.0.0.2", ["1.2.3.4", "198.51.100.7"], "198.51.100.7"),  # two headers: one list
+        ("10.0.0.2", ["198.51.100.7, 10.0.0.3"], "198.51.100.7"),  # past two trusted hops
+        ("10.0.0.2", ["10.0.0.3"], "10.0.0.3"),  # nothing but proxies: the farthest one
+        ("10.0.0.2", [], "10.0.0.2"),
+        ("10.0.0.2", ["::ffff:198.51.100.7"], "198.51.100.7"),  # one spelling an address
+        ("10.0.0.2", ["not-an-address"], "not-an-address"),
+        ("::ffff:10.0.0.2", ["198.51.100.7"], "198.51.100.7"),
+    ],
+)
+def test_forwarded_for_is_believed_only_from_trusted_proxies(peer, forwarded, client):
+    trusted = trusted_networks("10.0.0.0/24, 2001:db8::1")
+    assert forwarded_client(peer, forwarded, trusted) == client
+
+
+def test_a_bad_trusted_proxy_is_a_settings_error(settings: Settings):
+    with pytest.raises(SettingsError, match="TINYGPT_TRUSTED_PROXIES.*'10.0.0.300'"):
+        create_app(msgspec.structs.replace(settings, trusted_proxies="10.0.0.1, 10.0.0.300"))
+
+
+async def test_only_a_valid_key_buys_a_budget_of_its_own(settings: Settings):
+    """Guessed keys count against the address that sends them, so guessing is limited too."""
+    app = create_app(keyed(settings, rate_limit="2/minute", compile_decode=False))
+    async with AsyncTestClient(app=app) as client:
+        for guess in ("guess-1", "guess-2"):
+            response = await client.get("/v1/models", headers={"authorization": f"Bearer {guess}"})
+            assert response.status_code == 401
+        response = await client.get("/v1/models", headers={"authorization": "Bearer guess-3"})
+        assert response.status_code == 429
+        response = await client.get("/v1/models", headers={"authorization": f"Bearer {KEY}"})
+        assert response.status_code == 200 and response.headers["ratelimit-remaining"] == "1"

@@ -1,6 +1,6 @@
 import pytest
 
-from service.settings import Settings, SettingsError, torch_threads_for
+from service.settings import Settings, SettingsError, replica_name, torch_threads_for
 
 
 def test_defaults_without_environment():
@@ -54,3 +54,29 @@ def test_torch_threads_leave_a_core_to_the_event_loop(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda _: {0})
     assert torch_threads_for(Settings()) == 1
     assert torch_threads_for(Settings(torch_threads=3)) == 3
+
+
+def test_workers_share_the_cores(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(16)))
+    assert [torch_threads_for(Settings(workers=n)) for n in (1, 2, 4, 8, 16)] == [8, 7, 3, 1, 1]
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(2)))
+    assert torch_threads_for(Settings(workers=2)) == 1
+    assert torch_threads_for(Settings(workers=2, torch_threads=2)) == 2
+
+
+def test_replica_names_tell_processes_apart(monkeypatch):
+    monkeypatch.setattr("socket.gethostname", lambda: "box")
+    monkeypatch.setattr("os.getpid", lambda: 41)
+    assert replica_name(Settings()) == "box-41"
+    assert replica_name(Settings(replica_id="api-1")) == "api-1"
+    assert replica_name(Settings(replica_id="api-1", workers=2)) == "api-1-41"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("TINYGPT_REDIS_URL", "localhost:6379"), ("TINYGPT_WORKERS", "0"),
+     ("TINYGPT_REPLICA_ID", "a b"), ("TINYGPT_DRAIN_DELAY", "-1")],
+)  # fmt: skip
+def test_bad_scale_settings_name_their_variable(variable, value):
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env(environ={variable: value})
