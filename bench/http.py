@@ -1,17 +1,21 @@
 """Serving benchmark over HTTP: concurrent streaming clients against a real server.
 
-    python -m bench.http [--model reference|gpt-char] [--concurrency 1 8 32 64] [--compile-decode]
+    python -m bench.http [--model reference|gpt-char] [--concurrency 1 8 32 64] [--decode eager]
+    python -m bench.http --workers 2 --concurrency 32    # `tinygpt serve --workers 2`
     python -m bench.http --url http://127.0.0.1:8000 --model gpt-char   # a server you run
 
 Without --url it starts `tinygpt serve` itself on a free loopback port, serving either the
 shipped gpt-char or `reference`: the reference GPT setting (4 layers, 4 heads, 128 dims,
-block 64) with seeded random weights, which generate as fast as trained ones; with
---compile-decode, that server runs with TINYGPT_COMPILE_DECODE=true.
+block 64) with seeded random weights, which generate as fast as trained ones. The server runs
+with its defaults (its own choice of torch threads and decode path) unless told:
+--decode eager|compiled sets TINYGPT_COMPILE_DECODE, --torch-threads TINYGPT_TORCH_THREADS;
+with --workers N, it is N processes on the one port (TINYGPT_WORKERS).
 
 Each client sends `/v1/generate` requests with `stream: true` back to back; per request it
 records the time to first token (TTFT), the gaps between tokens (inter-token latency, ITL) and
-the end-to-end latency, the numbers serving benchmarks report. Results go to a JSON file and a
-markdown table on stdout.
+the end-to-end latency, the numbers serving benchmarks report, and which replica answered
+(`X-Replica-Id`: with several workers, how the requests spread). Results go to a JSON file and
+a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +56,7 @@ class RequestTiming:
     itls: list[float]
     e2e: float
     tokens: int
+    replica: str
 
 
 @dataclass
@@ -80,10 +87,11 @@ async def stream_one(client: httpx.AsyncClient, body: dict) -> RequestTiming:
                 event = line.split(":", 1)[1].strip()
             elif line.startswith("data:") and event == "token":
                 stamps.append(time.perf_counter())
+        replica = response.headers.get("x-replica-id", "")
     if not stamps:
         raise RuntimeError("the stream ended without a token")
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    return RequestTiming(stamps[0] - started, gaps, stamps[-1] - started, len(stamps))
+    return RequestTiming(stamps[0] - started, gaps, stamps[-1] - started, len(stamps), replica)
 
 
 async def client_loop(
@@ -137,6 +145,7 @@ async def run_level(args: argparse.Namespace, concurrency: int) -> dict:
         "e2e_ms": ms(e2e),
         "mean_itl_ms": round(statistics.fmean(itl) * 1000, 3) if itl else None,
         "seconds": round(elapsed, 2),
+        "requests_by_replica": dict(Counter(t.replica for t in result.timings)),
     }
 
 
@@ -153,34 +162,53 @@ def write_checkpoint(model_name: str, root: Path) -> None:
 
 
 @contextmanager
-def running_server(model_name: str, torch_threads: int, compile_decode: bool) -> Iterator[str]:
+def running_server(
+    model_name: str, torch_threads: int | None, decode: str, workers: int
+) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(model_name, Path(tmp))
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        env = os.environ | {
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TINYGPT_")} | {
             "TINYGPT_CHECKPOINTS": tmp,
             "TINYGPT_DEVICE": "cpu",
-            "TINYGPT_TORCH_THREADS": str(torch_threads),
-            "TINYGPT_COMPILE_DECODE": str(compile_decode).lower(),
+            "TINYGPT_WORKERS": str(workers),
             "TINYGPT_LOG_LEVEL": "warning",
         }
+        if torch_threads is not None:
+            env["TINYGPT_TORCH_THREADS"] = str(torch_threads)
+        if decode != "default":
+            env["TINYGPT_COMPILE_DECODE"] = str(decode == "compiled").lower()
         command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
         server = subprocess.Popen(command, env=env, cwd=REPO)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 300  # a compiled decode step takes a while
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+            wait_until_ready(url, workers)
             yield url
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def ready_replica(url: str) -> str | None:
+    """The replica that answered /ready with 200 on a new connection, if any did."""
+    try:
+        response = httpx.get(f"{url}/ready", timeout=2)
+    except httpx.TransportError:
+        return None
+    return response.headers.get("x-replica-id") if response.status_code == 200 else None
+
+
+def wait_until_ready(url: str, workers: int) -> None:
+    """Until `workers` replicas have said they are ready; a few requests at once, so that
+    the kernel hands connections to every worker that listens."""
+    ready: set[str | None] = set()
+    deadline = time.monotonic() + 300  # a compiled decode step takes a while
+    with ThreadPoolExecutor(4) as pool:
+        while len(ready - {None}) < workers and time.monotonic() < deadline:
+            ready |= set(pool.map(ready_replica, [url] * 4))
+            time.sleep(0.2)
 
 
 def machine() -> dict:
@@ -216,9 +244,17 @@ def main() -> None:
     )
     parser.add_argument("--url", help="a running server; by default one is started")
     parser.add_argument("--model", default="reference", help="reference, gpt-char, or any")
-    parser.add_argument("--torch-threads", type=int, default=1, help="for the started server")
     parser.add_argument(
-        "--compile-decode", action="store_true", help="the started server compiles its decode step"
+        "--torch-threads",
+        type=int,
+        help="for the started server, in each worker (default: its own)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="processes of the started server")
+    parser.add_argument(
+        "--decode",
+        choices=["default", "eager", "compiled"],
+        default="default",
+        help="the started server's decode step (default: the server's own choice)",
     )
     parser.add_argument("--prompt", default="ROMEO:")
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -231,7 +267,8 @@ def main() -> None:
     if args.url:
         rows = [asyncio.run(run_level(args, c)) for c in args.concurrency]
     else:
-        with running_server(args.model, args.torch_threads, args.compile_decode) as args.url:
+        server = running_server(args.model, args.torch_threads, args.decode, args.workers)
+        with server as args.url:
             rows = [asyncio.run(run_level(args, c)) for c in args.concurrency]
     results = {
         "machine": machine() | {"load_average_at_start": started},

@@ -2,6 +2,9 @@
 
 Every row draws exactly one uniform number per step from its own generator, so a request's
 output depends only on its own seed and parameters, never on what else shares the batch.
+The sampling functions take those uniforms as a tensor, drawn by the caller: from the
+generators step by step (`uniforms`), or ahead of time in blocks, which gives the same numbers
+(a generator's stream does not depend on how many it is asked for at once).
 """
 
 from __future__ import annotations
@@ -86,15 +89,17 @@ def removed_by_filters(
     return torch.zeros_like(remove).scatter_(-1, order, remove)
 
 
-def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """Inverse-CDF sampling: one uniform from each row's own generator. Returns (B,) ids.
+def uniforms(generators: list[torch.Generator]) -> torch.Tensor:
+    """The next uniform number of each generator, (B,) float64 on the CPU."""
+    return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
 
-    Rows need not sum to 1: the uniform is scaled by each row's total. The uniforms are
-    drawn after the work that can fail, so a failed call leaves every generator as it was."""
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling with the uniforms `u` (B,) float64, one a row. Returns (B,) ids.
+
+    Rows need not sum to 1: the uniform is scaled by each row's total."""
     cdf = probs.double().cumsum(dim=-1)
-    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
-    u = u.to(probs.device) * cdf[:, -1]
-    ids = torch.searchsorted(cdf, u[:, None]).squeeze(-1)
+    ids = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1)
     return ids.clamp_(max=probs.size(-1) - 1)
 
 
@@ -156,14 +161,15 @@ class BatchParams:
 def sample_batch(
     logits: torch.Tensor,
     params: BatchParams,
-    generators: list[torch.Generator],
+    u: torch.Tensor,
     seen: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Choose the next token of every row of `logits` (B, V); returns (B,) ids.
+    """Choose the next token of every row of `logits` (B, V) with the uniforms `u` (B,)
+    float64 on its device; returns (B,) ids.
 
-    Every step of every row costs its generator exactly one uniform, greedy rows included, and
-    every operation works row by row: a row's choice never depends on the other rows.
+    Every step of every row costs exactly one uniform, greedy rows included, and every
+    operation works row by row: a row's choice never depends on the other rows.
     `seen` (B, V) bool marks the tokens the repetition penalty applies to, `counts` (B, V)
     the times each token was generated, for the presence and frequency penalties. The logits
     change in this order: repetition penalty, presence and frequency, logit bias, then
@@ -181,7 +187,7 @@ def sample_batch(
     if params.filtering:
         removed = removed_by_filters(scaled, params.top_k, params.top_p, params.min_p)
         probs = probs.masked_fill(removed, 0.0)
-    sampled = draw(probs, generators)
+    sampled = draw(probs, u)
     if not params.greedy:
         return sampled
     return torch.where(params.temperature == 0, logits.argmax(dim=-1), sampled)
@@ -196,7 +202,7 @@ def sample_next(
 ) -> torch.Tensor:
     """Choose the next token of every row of `logits` (B, V) under that row's parameters."""
     batch = BatchParams.stack(params, logits.device, logits.size(-1))
-    return sample_batch(logits, batch, generators, seen, counts)
+    return sample_batch(logits, batch, uniforms(generators).to(logits.device), seen, counts)
 
 
 def seeded_generator(seed: int | None) -> torch.Generator:

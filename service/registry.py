@@ -6,6 +6,7 @@ Loading runs off the event loop; every model gets an engine of its own (service.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +15,11 @@ import anyio
 import torch
 
 from models.checkpoint import MANIFEST_FILE, load_checkpoint
+from models.dataset import cache_root
 from models.device import resolve_device
 from service.engine import Engine, EngineConfig
 from service.engine.metrics import EngineMetrics
+from service.engine.runners import compile_blocker
 from service.exceptions import NoModelsLoadedError, NotReadyError, UnknownModelError
 from service.loaded_model import LoadedModel, prepare_model
 from service.metrics import ENGINE_SOURCES
@@ -26,6 +29,18 @@ from service.settings import Settings, torch_threads_for
 log = logging.getLogger(__name__)
 
 KEEPS_SERVING = "; the loaded version keeps serving"
+
+
+def decode_path(settings: Settings, device: torch.device) -> tuple[bool, str]:
+    """Whether the GPT decode step is compiled on `device`, and why, in words."""
+    if settings.compile_decode is False:
+        return False, "eager, as set"
+    blocker = compile_blocker(device)
+    if blocker is None:
+        return True, "compiled after start-up; /ready answers 503 until it is"
+    if settings.compile_decode:
+        log.warning("TINYGPT_COMPILE_DECODE is on but %s: decoding eagerly", blocker)
+    return False, f"eager ({blocker}; compiled, decoding is about 3x faster)"
 
 
 def checkpoint_folders(root: str | Path) -> list[Path]:
@@ -77,11 +92,20 @@ class ModelRegistry:
     def model_ids(self) -> list[str]:
         return list(self._models)
 
+    @property
+    def pending(self) -> list[str]:
+        """The models still warming up (compiling their decode step)."""
+        return [m.id for m in self._models.values() if not m.engine.warmed.is_set()]
+
     async def load(self) -> None:
         """Load every checkpoint off the event loop; refuses (raises) when none loads."""
         threads = torch_threads_for(self.settings)
         torch.set_num_threads(threads)
         log.info("model work on %d torch thread(s) (TINYGPT_TORCH_THREADS)", threads)
+        # Inductor's compiled graphs persist here, so a restart compiles in seconds.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+        _, why = decode_path(self.settings, resolve_device(self.settings.device))
+        log.info("decode step: %s (TINYGPT_COMPILE_DECODE)", why)
         async with self.lifecycle:
             scan = await anyio.to_thread.run_sync(self.scan, {})
             if not scan.fresh:
@@ -99,6 +123,9 @@ class ModelRegistry:
         async with self.lifecycle:
             current = self.loaded_models()
             scan = await anyio.to_thread.run_sync(self.scan, current)
+            # A changed model replaces its loaded version once it is warm, not before.
+            for model in scan.fresh.values():
+                await anyio.to_thread.run_sync(model.engine.warmed.wait)
             # One assignment: a request looks its model up once, so it sees the old or the new.
             self._models = {**current, **scan.fresh}
             self.retire([current[m].engine for m in scan.fresh if m in current])
@@ -127,11 +154,11 @@ class ModelRegistry:
     def engine_metrics(self) -> dict[str, EngineMetrics]:
         return {model_id: model.engine.metrics for model_id, model in self._models.items()}
 
-    def engine_config(self) -> EngineConfig:
+    def engine_config(self, device: torch.device) -> EngineConfig:
         return EngineConfig(
             max_running=self.settings.max_running,
             max_waiting=self.settings.max_waiting,
-            compile_decode=self.settings.compile_decode,
+            compile_decode=decode_path(self.settings, device)[0],
         )
 
     def scan(self, current: dict[str, LoadedModel]) -> Scan:
@@ -152,7 +179,9 @@ class ModelRegistry:
                     scan.unchanged.append(folder.name)
                     continue
                 with torch.inference_mode():
-                    model = prepare_model(folder.name, checkpoint, device, self.engine_config())
+                    model = prepare_model(
+                        folder.name, checkpoint, device, self.engine_config(device)
+                    )
                 model.engine.start()
             # One bad folder must not take the others down: whatever the reason, log it.
             except Exception as err:

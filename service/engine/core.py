@@ -59,6 +59,9 @@ from service.engine.text import IncrementalDecoder, StopChecker
 logger = logging.getLogger(__name__)
 
 TopCandidates = tuple[list[list[int]], list[list[float]]]  # per row: ids, logprobs (best first)
+# Uniforms each row draws from its generator at a time: one block per this many tokens, so
+# that a step does not call every row's generator.
+UNIFORMS_AHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,8 @@ class EngineConfig:
     max_running: int = 64  # sequences decoded together
     max_waiting: int = 256  # sequences queued beyond that before submit raises QueueFullError
     window_keep: int | None = None  # GPT tokens kept on re-prefill; None: half of block_size
-    # torch.compile the GPT decode step: about twice the single-stream speed on CPU, for a
-    # start() that takes some 20 s longer (needs a C++ compiler on CPU)
+    # torch.compile the GPT decode step: about three times the single-stream speed on CPU,
+    # after a warm-up of ~30 s the first time (~3 s once inductor's cache holds the graphs)
     compile_decode: bool = False
 
     @property
@@ -137,6 +140,11 @@ class Engine:
             config.max_running, self.vocab_size, dtype=torch.bool, device=self.device
         )
         self.counts = torch.zeros(config.max_running, self.vocab_size, device=self.device)
+        # (max_running, UNIFORMS_AHEAD): each row's next uniforms, from its own generator, and
+        # how many of them it has used; `refill_in`: steps before some row may run out.
+        self.uniforms = torch.zeros(config.max_running, UNIFORMS_AHEAD, dtype=torch.float64)
+        self.uniforms_used = torch.zeros(config.max_running, dtype=torch.long)
+        self.refill_in = UNIFORMS_AHEAD
         self.rows: list[RequestState] = []  # row i of the batch; touched by the decode thread only
         self.batch_params: BatchParams | None = None  # rebuilt when rows join or leave
         self.top_logprobs = 0  # the most alternatives any row asks for; rebuilt likewise
@@ -146,6 +154,10 @@ class Engine:
         self.accepting = False
         self.stopping = False
         self.thread: threading.Thread | None = None
+        # Set once the decode thread has warmed up (compiled) and serves; requests submitted
+        # before wait in the queue.
+        self.warmed = threading.Event()
+        self.warm_up_problem: str | None = None  # why a compiled step fell back to eager
         self.token_texts: dict[int, str] = {}  # for top_logprobs
         # The earliest deadline of any request held (or later): a step looks for timed-out
         # requests only once it has passed, not at every step.
@@ -154,14 +166,22 @@ class Engine:
     # -- the asyncio side -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the decode thread (after compiling the decode step, if configured)."""
+        """Start the decode thread, which first warms up (compiles the decode step, if
+        configured): requests are accepted at once and wait until then (see `warmed`)."""
         if self.thread is not None:
             raise RuntimeError("the engine was already started")
-        with torch.inference_mode():
-            self.runner.warm_up()
+        if not self.compiled:  # eagerly a warm-up takes milliseconds: a broken model fails here
+            with torch.inference_mode():
+                self.runner.warm_up()
+            self.warmed.set()
         self.accepting = True
         self.thread = threading.Thread(target=self.run, name="engine-decode", daemon=True)
         self.thread.start()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the decode step runs compiled (known for sure once `warmed` is set)."""
+        return self.runner.compiled
 
     @property
     def running(self) -> bool:
@@ -243,6 +263,8 @@ class Engine:
 
     def run(self) -> None:
         with torch.inference_mode():
+            if not self.warmed.is_set():
+                self.warm_up()
             while True:
                 with self.lock:
                     while not (self.rows or self.waiting or self.stopping):
@@ -257,6 +279,20 @@ class Engine:
                     self.fail_all(EngineError(f"generation failed: {err}"), outbox)
                 finally:
                     self.deliver(outbox)
+
+    def warm_up(self) -> None:
+        """Compile the decode step in the decode thread, falling back to eager if it fails."""
+        started = time.perf_counter()
+        try:
+            self.warm_up_problem = self.runner.warm_up()
+        except Exception:  # even the eager step failed: requests will fail with the reason
+            logger.exception("the engine's warm-up failed")
+        finally:
+            self.warmed.set()
+        if self.warm_up_problem:
+            logger.warning("%s", self.warm_up_problem)
+        elif self.compiled:
+            logger.info("decode step compiled in %.1f s", time.perf_counter() - started)
 
     def step(self, outbox: Outbox) -> None:
         """Advance, admit, sample, and queue the events in `outbox`."""
@@ -348,6 +384,7 @@ class Engine:
             self.seen[row].zero_()
             self.seen[row, torch.tensor(state.request.prompt_ids, device=self.device)] = True
             self.counts[row].zero_()
+            self.draw_uniforms(row)
         if admitted:
             self.batch_params = None
             self.metrics.running = len(self.rows)
@@ -355,34 +392,42 @@ class Engine:
 
     def sample(self, logits: torch.Tensor) -> tuple[list[int], dict[int, Exception]]:
         """Next token of every row, and the rows whose sampling failed (their token is a
-        placeholder). A failed batch is sampled again row by row: sampling draws its random
-        numbers after everything that can fail, so no row's generator has moved, and each row
-        alone gets exactly the token it gets in a batch."""
+        placeholder). A failed batch is sampled again row by row: a row's uniform counts as
+        used only once its token is chosen, so each row alone gets exactly the token it gets
+        in a batch."""
         n = logits.size(0)
+        u = self.uniforms[:n].gather(1, self.uniforms_used[:n, None])[:, 0].to(self.device)
         try:
             if self.batch_params is None:
                 self.batch_params = BatchParams.stack(
                     [s.request.sampling for s in self.rows], self.device, self.vocab_size
                 )
                 self.top_logprobs = max(s.request.top_logprobs for s in self.rows)
-            generators = [s.generator for s in self.rows]
             params = self.batch_params
-            ids = sample_batch(logits, params, generators, self.seen[:n], self.counts[:n])
+            ids = sample_batch(logits, params, u, self.seen[:n], self.counts[:n])
             rows = torch.arange(n, device=self.device)
             if params.penalizing:
                 self.seen[rows, ids] = True
             if params.counting:
                 self.counts[rows, ids] += 1
-            return ids.tolist(), {}
+            token_ids, failures = ids.tolist(), dict[int, Exception]()
         except Exception:
             logger.exception("sampling %d rows failed; sampling them one by one", n)
             self.batch_params = None
-        token_ids, failures = [], {}
+            token_ids, failures = self.sample_one_by_one(logits, u)
+        self.used_uniforms(n)
+        return token_ids, failures
+
+    def sample_one_by_one(
+        self, logits: torch.Tensor, u: torch.Tensor
+    ) -> tuple[list[int], dict[int, Exception]]:
+        token_ids: list[int] = []
+        failures: dict[int, Exception] = {}
         for row, state in enumerate(self.rows):
             try:
                 params = BatchParams.stack([state.request.sampling], self.device, self.vocab_size)
                 seen, counts = self.seen[row : row + 1], self.counts[row : row + 1]
-                ids = sample_batch(logits[row : row + 1], params, [state.generator], seen, counts)
+                ids = sample_batch(logits[row : row + 1], params, u[row : row + 1], seen, counts)
                 seen[0, ids] = True
                 counts[0, ids] += 1
                 token_ids.append(int(ids[0]))
@@ -391,6 +436,21 @@ class Engine:
                 token_ids.append(0)
         self.top_logprobs = max(s.request.top_logprobs for s in self.rows)
         return token_ids, failures
+
+    def used_uniforms(self, n: int) -> None:
+        """Rows 0..n-1 used one uniform each: refill the rows that used their last one."""
+        self.uniforms_used[:n] += 1
+        self.refill_in -= 1
+        if self.refill_in > 0:
+            return
+        for row in (self.uniforms_used[:n] == UNIFORMS_AHEAD).nonzero()[:, 0].tolist():
+            self.draw_uniforms(row)
+        self.refill_in = UNIFORMS_AHEAD - int(self.uniforms_used[:n].max())
+
+    def draw_uniforms(self, row: int) -> None:
+        generator = self.rows[row].generator
+        self.uniforms[row] = torch.rand(UNIFORMS_AHEAD, generator=generator, dtype=torch.float64)
+        self.uniforms_used[row] = 0
 
     def model_logprobs(
         self, logits: torch.Tensor, token_ids: list[int]
@@ -522,6 +582,8 @@ class Engine:
                 self.rows[row] = self.rows[last]
                 self.seen[row] = self.seen[last]
                 self.counts[row] = self.counts[last]
+                self.uniforms[row] = self.uniforms[last]
+                self.uniforms_used[row] = self.uniforms_used[last]
             self.rows.pop()
         if rows:
             self.batch_params = None

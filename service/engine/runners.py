@@ -7,8 +7,13 @@ then reads one contiguous block of the KV cache instead of gathering rows.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+import sysconfig
 from collections import defaultdict
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -18,6 +23,8 @@ from models.gpt import GPT
 
 
 class Runner(Protocol):
+    compiled: bool  # the decode step runs compiled
+
     def start(self, contexts: list[list[int]]) -> torch.Tensor:
         """Append one row per context; returns the logits after each context, (k, V)."""
         ...
@@ -34,9 +41,28 @@ class Runner(Protocol):
         """Keep rows 0..rows-1 and drop the others (those of a failed prefill, or all)."""
         ...
 
-    def warm_up(self) -> None:
-        """Prepare (compile) before the first request."""
+    def warm_up(self) -> str | None:
+        """Prepare (compile) before the first request; a decode step that cannot be compiled
+        falls back to eager, and warm_up says why (returns the reason), else returns None."""
         ...
+
+
+def compile_blocker(device: torch.device) -> str | None:
+    """Why torch.compile cannot build the decode step on `device` here, or None when it can.
+    On CPU inductor writes C++ that a compiler builds against torch's and Python's headers
+    (as an extension module); on CUDA it
+    writes Triton kernels. MPS support in inductor is still experimental: eager there."""
+    if device.type == "cpu":
+        if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
+            return "no C++ compiler (g++) on PATH"
+        if not (Path(torch.__file__).parent / "include" / "torch").is_dir():
+            return "this torch install has no C++ headers (torch/include)"
+        if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+            return "no Python headers (Python.h; Debian: python3-dev)"
+        return None
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "Triton is not installed"
+    return f"torch.compile is not used on {device.type}"
 
 
 class GPTRunner:
@@ -114,24 +140,31 @@ class GPTRunner:
             window.append(token)
         return logits
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> str | None:
         """Run the decode step once for one row and once for two, so that a compiled step is
         compiled now (one graph for one row, one for any larger batch) and not while the
-        first requests wait. Rows 0 and 1 are free at this point and get overwritten."""
+        first requests wait. Rows 0 and 1 are free at this point and get overwritten. If the
+        step does not compile, decoding goes on eagerly and the reason is returned."""
         try:
-            for n in range(1, min(2, self.cache.max_slots) + 1):
-                tokens = torch.zeros(n, dtype=torch.long, device=self.device)
-                positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
-                self.decode(tokens, self.cache, positions)  # the compiled graph would assume it
+            self.run_decode_shapes()
         except Exception as err:
             if not self.compiled:
                 raise
-            reason = str(err).strip().splitlines()[0]
-            raise RuntimeError(
-                f"could not compile the decode step ({reason}); on CPU torch.compile needs a "
-                "working C++ compiler (g++): install one, or turn compile_decode "
-                "(TINYGPT_COMPILE_DECODE) off"
-            ) from err
+            self.compiled = False
+            self.decode = self.model.decode
+            self.run_decode_shapes()
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            return (
+                f"could not compile the decode step ({reason}); decoding eagerly. On CPU "
+                "torch.compile needs a working C++ compiler (g++) and torch's headers"
+            )
+        return None
+
+    def run_decode_shapes(self) -> None:
+        for n in range(1, min(2, self.cache.max_slots) + 1):
+            tokens = torch.zeros(n, dtype=torch.long, device=self.device)
+            positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
+            self.decode(tokens, self.cache, positions)  # the compiled graph would assume it
 
     def truncate(self, rows: int) -> None:
         del self.windows[rows:]
@@ -148,6 +181,8 @@ class BigramRunner:
     """No cache: the next token depends on the last one only, so every step is one row
     lookup per sequence in the probability table."""
 
+    compiled = False
+
     def __init__(self, model: BigramLanguageModel):
         self.log_table = model.probability_table().log()  # (V, V), row i: log P(. | i)
         self.device = self.log_table.device
@@ -161,8 +196,9 @@ class BigramRunner:
     def advance(self, token_ids: list[int]) -> torch.Tensor:
         return self.lookup(token_ids)
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> str | None:
         """Nothing to prepare."""
+        return None
 
     def truncate(self, rows: int) -> None:
         """Rows hold no state of their own."""

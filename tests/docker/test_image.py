@@ -28,6 +28,8 @@ LOCAL_BASE_IMAGE = REPO.parent / "shared" / "docker" / "local-base-image.sh"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 IMAGE = "tinygpt-serve:latest"  # the tag docker-compose.yml gives the image
 HEALTHY_WITHIN_S = 180
+# Compiling the GPTs' decode steps in a fresh container, after it is healthy.
+COMPILED_WITHIN_S = 300
 # A first build downloads every dependency; later ones reuse the cached layers.
 BUILD_TIMEOUT_S = 1800
 # Installing Docker and debootstrapping the base image take 2-3 minutes the first time.
@@ -90,9 +92,10 @@ class Stack:
         command = [*self.compose, "-f", str(COMPOSE_FILE), "-p", self.project, *args]
         return run(command, timeout=timeout, env=self.env)
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 6000) -> str:
+        """The api container's log: its last `tail` characters (for failure messages), or all."""
         result = self.run("logs", "--no-color", "api")
-        return (result.stdout + result.stderr)[-6000:]
+        return (result.stdout + result.stderr)[-tail if tail else None :]
 
     @property
     def url(self) -> str:
@@ -155,10 +158,23 @@ def baked_models() -> list[str]:
     return sorted(p.parent.name for p in (REPO / "checkpoints").glob("*/manifest.json"))
 
 
-def test_ready_lists_the_baked_checkpoints(client: httpx.Client):
+def test_the_image_compiles_the_decode_steps_and_is_ready_after(
+    client: httpx.Client, stack: Stack
+):
+    """The image has the compiler the fast path needs: /ready is 503 while the GPTs compile
+    (or already 200), then 200 listing every model, and the log says the steps compiled."""
+    deadline = time.monotonic() + COMPILED_WITHIN_S
     response = client.get("/ready")
+    while response.status_code == 503 and time.monotonic() < deadline:
+        assert "compiling the decode step of" in response.json()["error"]["message"]
+        time.sleep(1)
+        response = client.get("/ready")
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "ready", "models": baked_models()}
+    logs = stack.logs(tail=None)
+    assert "decode step: compiled after start-up" in logs, logs[-6000:]
+    gpts = [m for m in baked_models() if m.startswith("gpt")]
+    assert logs.count("decode step compiled in") == len(gpts), logs[-6000:]
 
 
 def test_models_run_on_the_cpu(client: httpx.Client):

@@ -1,22 +1,26 @@
 """Starting the server: refusing to start without a model, and the `uvicorn --factory` route."""
 
+import re
 import shutil
 import subprocess
 import sys
+import time
 
 import httpx
+import pytest
 
 from tests.integration.conftest import (
     REPO,
     STARTUP_SECONDS,
     Server,
     free_port,
+    running_server,
     serve_command,
     server_environment,
     stop,
     wait_until_ready,
 )
-from tests.service.tiny_models import BIGRAM_ID
+from tests.service.tiny_models import BIGRAM_ID, GPT_ID
 
 
 def test_refuses_to_start_when_no_checkpoint_loads(server, tmp_path):
@@ -66,3 +70,49 @@ def test_uvicorn_factory_reads_every_setting_from_the_environment(checkpoint_fol
             assert response.status_code == 400 and "cap of 8" in response.text
         finally:
             stop(process)
+
+
+@pytest.mark.slow
+def test_by_default_the_decode_step_compiles_after_start_up_and_ready_says_so(
+    checkpoint_folder, tmp_path, monkeypatch
+):
+    """The default settings compile (this machine has g++): the server answers at once,
+    /ready is 503 naming the model until its decode step is compiled, a request sent
+    meanwhile waits and gets its text, and a restart finds the compiled code in the cache."""
+    # inductor sets this in this process once anything compiled: the server must choose
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    shutil.copytree(checkpoint_folder / GPT_ID, folder / GPT_ID)
+    env = server_environment(TINYGPT_CHECKPOINTS=str(folder), TINYGPT_CACHE=str(tmp_path / "c"))
+    port = free_port()
+    server = Server(f"http://127.0.0.1:{port}", folder, tmp_path / "server.log")
+    body = {"model": GPT_ID, "prompt": "the", "max_new_tokens": 20, "temperature": 0}
+    with server.log_path.open("w") as log:
+        process = subprocess.Popen(
+            serve_command(port), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
+        try:
+            deadline = time.monotonic() + STARTUP_SECONDS
+            while time.monotonic() < deadline:
+                try:
+                    ready = httpx.get(f"{server.url}/ready", timeout=2)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            assert ready.status_code == 503, server.log()
+            assert f"compiling the decode step of {GPT_ID}" in ready.json()["error"]["message"]
+            early = httpx.post(f"{server.url}/v1/generate", json=body, timeout=STARTUP_SECONDS)
+            assert early.status_code == 200
+            wait_until_ready(process, server)
+        finally:
+            stop(process)
+    log_text = server.log()
+    assert "decode step: compiled after start-up" in log_text
+    assert re.search(r"decode step compiled in [\d.]+ s", log_text)
+    assert (tmp_path / "c" / "inductor").is_dir()  # the cache, for the next start
+    with running_server(folder, tmp_path, TINYGPT_CACHE=str(tmp_path / "c")) as again:
+        text = httpx.post(f"{again.url}/v1/generate", json=body, timeout=30).json()["text"]
+        seconds = float(re.search(r"decode step compiled in ([\d.]+) s", again.log())[1])
+    assert text == early.json()["text"]
+    assert seconds < float(re.search(r"compiled in ([\d.]+) s", log_text)[1])

@@ -21,7 +21,10 @@ def checkpoint_folder(tmp_path_factory: pytest.TempPathFactory, small_corpus: Pa
 
 @pytest.fixture
 def settings(checkpoint_folder: Path) -> Settings:
-    return Settings(checkpoints=str(checkpoint_folder), device="cpu")
+    """In-process apps decode eagerly: compiling is the default, tested on its own (see
+    tests/service/test_registry.py and tests/integration/test_startup.py), and would cost
+    every app here half a minute of CPU."""
+    return Settings(checkpoints=str(checkpoint_folder), device="cpu", compile_decode=False)
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def large_vocab_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def large_client(large_vocab_folder: Path):
-    settings = Settings(checkpoints=str(large_vocab_folder), device="cpu")
+    settings = Settings(checkpoints=str(large_vocab_folder), device="cpu", compile_decode=False)
     async with AsyncTestClient(app=create_app(settings)) as client:
         yield client
 
