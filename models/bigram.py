@@ -218,6 +218,40 @@ class BigramLanguageModel(nn.Module):
         table_mae, optimum = self.distance_from_optimum(data)
         return {"table_mae": table_mae, "bigram_optimum": optimum}
 
+    @torch.no_grad()
+    def timeline_snapshot(
+        self, data: TrainingData, token_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """What the training timeline (models.timeline) records: P(next | current) for the
+        rows and columns `token_ids` (K, K), and how far the whole table is from the training
+        split's counts (see distance_from_counts)."""
+        log_table = F.log_softmax(self.token_embedding_table.weight.double(), dim=-1).cpu()
+        rows = log_table[token_ids].exp()[:, token_ids].float()
+        return rows, self.distance_from_counts(log_table, data)
+
+    def distance_from_counts(self, log_table: torch.Tensor, data: TrainingData) -> dict[str, float]:
+        """From the table's log-probabilities (V, V): the total variation distance of each row
+        from the add-one smoothed empirical row (the table training approaches, as in
+        distance_from_optimum), averaged over rows (`tv_mean`) and weighted by how often each
+        row's token occurs in the training split (`tv_weighted`); and `kl`, the
+        frequency-weighted KL divergence of the unsmoothed empirical rows from the model's,
+        sum_ij (c_ij / N) log(P_emp(j | i) / P(j | i)): exactly the full-pass training loss
+        less its count-based optimum (the loss of the empirical table itself)."""
+        counts = self.train_counts(data).double()
+        empirical = data.derived(
+            "empirical_table", lambda: empirical_table(self.train_counts(data))
+        )
+        row_counts = counts.sum(dim=1)
+        tv = 0.5 * (log_table.exp() - empirical.double()).abs().sum(dim=1)  # (V,)
+        seen = counts > 0
+        log_empirical = (counts / row_counts.clamp(min=1)[:, None])[seen].log()
+        kl = (counts[seen] * (log_empirical - log_table[seen])).sum() / counts.sum()
+        return {
+            "tv_mean": tv.mean().item(),
+            "tv_weighted": (tv * row_counts).sum().item() / row_counts.sum().item(),
+            "kl": kl.item(),
+        }
+
     def final_diagnostics(
         self, data: TrainingData, val_loss: float
     ) -> tuple[dict[str, float], dict[str, float]]:

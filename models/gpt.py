@@ -128,6 +128,16 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hs)
         return self.merge_heads(y)
 
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The weights (B, nh, T, T) that `forward` gives each position of x over the
+        positions up to it, which F.scaled_dot_product_attention computes but does not
+        return: softmax(q k^T / sqrt(hs)) with the future masked, so row t is zero past t."""
+        q, k, _ = self.split_heads(x)  # 2 x (B, nh, T, hs)
+        T = x.size(1)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+
     def prefill(
         self, x: torch.Tensor, cache: KVCache, layer: int, slots: torch.Tensor
     ) -> torch.Tensor:
@@ -238,6 +248,16 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
+@dataclass
+class ForwardTrace:
+    """What one forward pass computes on its way to the logits (GPT.trace)."""
+
+    # (n_layer + 1, B, T, C): the residual stream after the embeddings, then after each block
+    residuals: torch.Tensor
+    # (n_layer, B, nh, T, T): each layer's attention weights; row t covers positions 0..t
+    attention: torch.Tensor
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -283,15 +303,39 @@ class GPT(nn.Module):
             tok_emb = tok_emb * math.sqrt(self.config.n_embd)
         return self.transformer.drop(tok_emb + self.transformer.wpe(positions))
 
+    def check_length(self, T: int) -> None:
+        """Refuse a sequence longer than the context: positions past it have no embedding."""
+        if self.config.block_size < T:
+            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """The final layer's normalised states (B, T, C): what the head reads at each position."""
         _, T = idx.shape
-        if self.config.block_size < T:
-            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+        self.check_length(T)
         x = self.embed(idx, torch.arange(T, device=idx.device))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x)
+
+    def trace(self, idx: torch.Tensor) -> ForwardTrace:
+        """The pass of `hidden_states`, keeping what it otherwise throws away: the residual
+        stream at every depth and each block's attention weights (for inspection, not speed:
+        the weights are computed a second time, spelled out, beside the fused kernel)."""
+        _, T = idx.shape
+        self.check_length(T)
+        x = self.embed(idx, torch.arange(T, device=idx.device))  # (B, T, C)
+        residuals, attention = [x], []
+        for block in self.transformer.h:
+            attention.append(block.attn.attention_weights(block.ln_1(x)))  # (B, nh, T, T)
+            x = block(x)
+            residuals.append(x)
+        return ForwardTrace(residuals=torch.stack(residuals), attention=torch.stack(attention))
+
+    def read_out(self, states: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (..., V) of residual-stream states (..., C), through the final
+        LayerNorm and the tied head: of the last block's output, exactly `forward`'s logits;
+        of an earlier depth's, what the logit lens shows."""
+        return self.lm_head(self.transformer.ln_f(states))
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -317,8 +361,7 @@ class GPT(nn.Module):
         token, (B, V): exactly what `forward` gives at that position.
         """
         _, T = idx.shape
-        if self.config.block_size < T:
-            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+        self.check_length(T)
         x = self.embed(idx, torch.arange(T, device=idx.device))  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block.prefill(x, cache, layer, slots)
@@ -393,3 +436,11 @@ class GPT(nn.Module):
     def manifest_extras(self, data: TrainingData) -> dict[str, Any]:
         """Nothing beyond the weights and settings."""
         return {}
+
+    @torch.no_grad()
+    def timeline_snapshot(
+        self, data: TrainingData, token_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """What the training timeline (models.timeline) records: the embedding rows of
+        `token_ids` (K, n_embd), which the tied head also reads its logits off."""
+        return self.transformer.wte.weight.detach().float().cpu()[token_ids], {}

@@ -9,7 +9,8 @@ averaged across processes, and rank 0 alone writes files.
 The loop knows no particular model. What one adds comes from methods that every model class
 has: `for_training` builds it, `training_objective` adds terms to the loss,
 `next_token_distributions` is what drift is measured on, `training_diagnostics` and
-`final_diagnostics` add to the log and the report, `manifest_extras` to the checkpoint.
+`final_diagnostics` add to the log and the report, `manifest_extras` to the checkpoint,
+`timeline_snapshot` is what the training timeline (models.timeline) records.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from models.resume import (
     restore_state,
     save_state,
 )
+from models.timeline import new_timeline, resumed_timeline, save_timeline
 
 if TYPE_CHECKING:
     from models.interop.tensorboard import TensorBoardLog
@@ -147,6 +149,8 @@ class Trainer:
         self.probe = self.probe.to(self.device)
         self.previous_distributions: torch.Tensor | None = None
         self.state = TrainState()
+        # Rank 0 alone records the timeline, as it alone writes files.
+        self.timeline = new_timeline(self.model, cfg.eval_interval) if self.dist.is_main else None
         if self.dist.is_main:
             self.check_output_folder()
         self.tensorboard = self.open_tensorboard()
@@ -226,6 +230,8 @@ class Trainer:
         )
         if self.dist.is_main:
             drop_log_records_after(self.out / LOG_FILE, self.state.step)
+            # A run saved by a version without timelines starts one from here.
+            self.timeline = resumed_timeline(self.out, self.state.step) or self.timeline
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, lr: float) -> dict[str, Any]:
@@ -273,6 +279,14 @@ class Trainer:
             state.stopped_early = True
         # The all-reduced losses agree on every rank, and so should this; rank 0's decides.
         state.stopped_early = broadcast_from_main(state.stopped_early)
+
+    def record_timeline(self, record: dict[str, Any]) -> None:
+        """Snapshot the token vectors into the timeline and write it (rank 0), before the
+        resume state: a kill between the two leaves a snapshot that the resumed run drops."""
+        if self.timeline is None:
+            return
+        self.timeline.record(self.model, self.data, record, self.state.best_step)
+        save_timeline(self.out, self.timeline)
 
     def save_checkpoint(self, model: Model, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         extra = {
@@ -331,6 +345,7 @@ class Trainer:
                         record, tokens_per_second, self.model.token_vectors()
                     )
                 self.after_evaluation(record)
+                self.record_timeline(record)
                 self.save_state()
                 bar.set_postfix(val=f"{record['val_loss']:.4f}", refresh=False)
             if state.step >= cfg.max_steps or state.stopped_early:

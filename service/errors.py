@@ -31,6 +31,7 @@ from service.exceptions import (
     GenerationTimeoutError,
     InvalidRequestError,
     NotReadyError,
+    NotRecordedError,
     OverloadedError,
     ServiceError,
     UnknownModelError,
@@ -58,7 +59,8 @@ ERROR_DESCRIPTIONS = {
     400: "Invalid request; `error.param` names the field at fault",
     401: "Missing or unknown API key (`Authorization: Bearer <key>`)",
     403: "The key may not use this endpoint, or the endpoint is switched off",
-    404: "Unknown model; the message lists the loaded ones",
+    404: "Unknown model (the message lists the loaded ones), or one whose checkpoint lacks "
+    "what was asked about (a training timeline)",
     413: "The request body is larger than the server's limit (64 KiB)",
     429: "Too many requests, or too many sequences generating for this client (`Retry-After`)",
     500: "Generation failed on the server's side; the message says what failed",
@@ -69,6 +71,7 @@ ERROR_DESCRIPTIONS = {
 SERVICE_ERROR_STATUS: dict[type[ServiceError], int] = {
     InvalidRequestError: HTTP_400_BAD_REQUEST,
     UnknownModelError: HTTP_404_NOT_FOUND,
+    NotRecordedError: HTTP_404_NOT_FOUND,
     NotReadyError: HTTP_503_SERVICE_UNAVAILABLE,
     OverloadedError: HTTP_503_SERVICE_UNAVAILABLE,
     ClientBusyError: HTTP_429_TOO_MANY_REQUESTS,

@@ -20,6 +20,10 @@ class UnknownModelError(ServiceError):
     """The request names a model that is not loaded."""
 
 
+class NotRecordedError(ServiceError):
+    """The model's checkpoint lacks what the request asks about (its training timeline)."""
+
+
 class NotReadyError(ServiceError):
     """The models are not loaded (yet, or any more)."""
 

@@ -220,7 +220,8 @@ class NextTokenResponse(ResponseBody):
 
 # -- embedding neighbours -----------------------------------------------------------------
 
-Metric = Literal["cosine", "dot", "euclidean"]
+# jensen_shannon compares next-token distributions: what a bigram's table rows are.
+Metric = Literal["cosine", "dot", "euclidean", "jensen_shannon"]
 
 
 class NeighboursRequest(RequestBody):
@@ -245,8 +246,21 @@ class NeighboursRequest(RequestBody):
         int, Meta(ge=1, le=MAX_COUNT, description="neighbours to list; more lists every token")
     ] = 10
     metric: Annotated[
-        Metric, Meta(description="analogies rank by cosine; euclidean lists nearest first")
-    ] = "cosine"
+        Metric | None,
+        Meta(
+            description="default: jensen_shannon for one token of a bigram (the distance "
+            "between the next-token distributions of its rows; bigrams only), cosine otherwise. "
+            "Analogies rank by cosine; euclidean and jensen_shannon list nearest first"
+        ),
+    ] = None
+    exclude_query: Annotated[
+        bool,
+        Meta(
+            description="leave the query's own tokens out of the results, as gensim's "
+            "most_similar does, and with them each one's spelling with or without a leading "
+            "space (`man` and ` man` of a subword vocabulary); false ranks every token"
+        ),
+    ] = True
 
 
 class NeighbourQuery(ResponseBody):
@@ -254,13 +268,18 @@ class NeighbourQuery(ResponseBody):
     token: str | None = None
     positive: list[str] = []
     negative: list[str] = []
+    exclude_query: bool = True
 
 
 class Neighbour(ResponseBody):
     token: str
     id: int
     score: Annotated[
-        float, Meta(description="cosine similarity, dot product, or euclidean distance")
+        float,
+        Meta(
+            description="cosine similarity, dot product, euclidean distance, or "
+            "Jensen-Shannon distance (base 2: 0 for the same distribution, 1 for disjoint ones)"
+        ),
     ]
 
 
@@ -268,6 +287,94 @@ class NeighboursResponse(ResponseBody):
     model: str
     query: NeighbourQuery
     neighbours: list[Neighbour]
+    excluded: Annotated[
+        list[str],
+        Meta(description="the tokens left out of `neighbours` (see `exclude_query`)"),
+    ] = []
+
+
+# -- inside one forward pass --------------------------------------------------------------
+
+# The most numbers one response holds: a GPT with more layers and heads (an imported GPT-2)
+# reads fewer of the text's last tokens than its context, so that a response stays bounded.
+MAX_ATTENTION_WEIGHTS = 2**20  # layers x heads x tokens x tokens
+MAX_LENS_TOP_K = 20
+MAX_LENS_PREDICTIONS = 2**16  # (layers + 1) x tokens x top_k
+
+ForwardPassText = Annotated[
+    str,
+    Meta(
+        description="text the GPT reads; empty means the start token. It reads the last "
+        "block_size tokens, as /v1/next-token does (fewer for a model of so many layers and "
+        "heads that the response would pass its bound); `skipped_tokens` counts the rest"
+    ),
+]
+
+
+class ForwardPassResponse(ResponseBody):
+    """The tokens a GPT read: those of the text, less the `skipped_tokens` before them."""
+
+    model: str
+    tokens: list[str]
+    ids: list[int]
+    skipped_tokens: Annotated[
+        int,
+        Meta(description="tokens at the start of the text left out: more than the model reads"),
+    ]
+
+
+class AttentionRequest(RequestBody):
+    model: ModelId
+    text: ForwardPassText = ""
+
+
+class AttentionLayer(ResponseBody):
+    layer: Annotated[
+        int, Meta(description="the block, 0 the first; it reads the logit lens's layer `layer`")
+    ]
+    heads: Annotated[
+        list[list[list[float]]],
+        Meta(
+            description="heads[h][i][j]: the weight head h gives position j when computing "
+            "position i; 0 for j > i (causal), and each row sums to 1"
+        ),
+    ]
+
+
+class AttentionResponse(ForwardPassResponse):
+    n_layer: int
+    n_head: int
+    layers: list[AttentionLayer]
+
+
+class LogitLensRequest(RequestBody):
+    model: ModelId
+    text: ForwardPassText = ""
+    top_k: Annotated[
+        int, Meta(ge=1, le=MAX_LENS_TOP_K, description="tokens to list at each layer and position")
+    ] = 5
+
+
+class LensLayer(ResponseBody):
+    layer: Annotated[
+        int,
+        Meta(
+            description="blocks applied: 0 the embeddings, n_layer the model's output (its "
+            "last position is /v1/next-token's distribution)"
+        ),
+    ]
+    predictions: Annotated[
+        list[list[TokenProbability]],
+        Meta(
+            description="predictions[t]: the top_k next tokens after tokens[0..t] read off "
+            "this layer's residual stream through the final LayerNorm and the head, most "
+            "likely first"
+        ),
+    ]
+
+
+class LogitLensResponse(ForwardPassResponse):
+    layers: list[LensLayer]
 
 
 # -- tokenization -------------------------------------------------------------------------
@@ -401,3 +508,115 @@ class EmbeddingProjection(ResponseBody):
         ),
     ]
     points: Annotated[list[EmbeddingPoint], Meta(description="consecutive token ids")]
+
+
+# -- the training timeline ----------------------------------------------------------------
+
+# A timeline request asks about at most this many tokens (in this many characters, commas
+# included), and lists each one's neighbours at every step.
+MAX_TIMELINE_TOKENS = 8
+MAX_TIMELINE_QUERY_CHARS = 256
+DEFAULT_TIMELINE_NEIGHBOURS = 8
+MAX_TIMELINE_NEIGHBOURS = 20
+
+
+class TimelineStep(ResponseBody):
+    """One recorded step: the sampled losses the trainer logged there, and for a bigram how
+    far its table was from the training split's."""
+
+    step: int
+    train_loss: float
+    val_loss: float
+    tv_mean: Annotated[
+        float | None,
+        Meta(
+            description="bigram: total variation distance of each row from the add-one "
+            "smoothed empirical row, averaged over rows (0 to 1)"
+        ),
+    ] = None
+    tv_weighted: Annotated[
+        float | None,
+        Meta(description="bigram: the same, weighted by how often each row's token occurs"),
+    ] = None
+    kl: Annotated[
+        float | None,
+        Meta(
+            description="bigram: frequency-weighted KL divergence (nats) of the empirical rows "
+            "from the model's: the full-pass training loss less the count-based optimum"
+        ),
+    ] = None
+
+
+class TimelineFrame(ResponseBody):
+    """The recorded tokens' map at one step: x[r], y[r] place token ids[r]."""
+
+    step: int
+    explained_variance: Annotated[
+        list[float], Meta(description="share of this step's variance along its two axes")
+    ]
+    x: list[float]
+    y: list[float]
+
+
+class TimelineNeighbours(ResponseBody):
+    token: str
+    id: int
+    steps: Annotated[
+        list[list[Neighbour]],
+        Meta(description="steps[s]: its nearest recorded tokens at the response's steps[s]"),
+    ]
+
+
+class TrainingTimeline(ResponseBody):
+    model: str
+    kind: Literal["bigram", "gpt"]
+    vocab_size: int
+    checkpoint_step: Annotated[
+        int | None,
+        Meta(description="the step whose weights the checkpoint holds (the best val loss)"),
+    ]
+    ids: Annotated[
+        list[int],
+        Meta(
+            description="the tokens recorded: the whole vocabulary up to 256 tokens (by id), "
+            "else the 256 most frequent in the training split"
+        ),
+    ]
+    tokens: list[str]
+    steps: Annotated[
+        list[TimelineStep], Meta(description="step 0 and evaluations, thinned evenly to 30")
+    ]
+    frames: Annotated[
+        list[TimelineFrame],
+        Meta(
+            description="one per step: the token vectors (GPT: embedding rows; bigram: the "
+            "square roots of its rows of P(next | current)) on each step's own two principal "
+            "axes, turned onto the next step's by orthogonal Procrustes, so that all steps "
+            "share the last one's frame"
+        ),
+    ]
+    neighbours: Annotated[
+        list[TimelineNeighbours],
+        Meta(
+            description="for each token of `tokens`: its neighbours at each step, among the "
+            "recorded tokens, ranked as /v1/neighbours does by default (GPT: cosine; bigram: "
+            "Jensen-Shannon distance, nearest first)"
+        ),
+    ] = []
+
+
+class TimelineTable(ResponseBody):
+    """A bigram's table at one recorded step, for the recorded tokens on both sides."""
+
+    model: str
+    step: int
+    ids: list[int]
+    tokens: list[str]
+    probs: Annotated[
+        list[list[float]],
+        Meta(description="probs[r][c]: the model's P(next = ids[c] | current = ids[r]) then"),
+    ]
+    empirical: Annotated[
+        list[list[float]] | None,
+        Meta(description="add-one smoothed P(j | i) of the training split; null if unrecorded"),
+    ]

@@ -1,4 +1,5 @@
-"""Looking inside a model: next-token distributions and token-vector neighbours."""
+"""Looking inside a model: next-token distributions, token-vector neighbours, and a GPT's
+forward pass (attention weights, the logit lens)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ from litestar.status_codes import HTTP_200_OK
 
 from service.controllers import MODEL_ERRORS
 from service.exceptions import InvalidRequestError
-from service.inspection import Inspector
+from service.inspection import Inspector, query_spellings
 from service.limits import check_text_length
 from service.loaded_model import LoadedModel
 from service.registry import ModelRegistry
 from service.schemas import (
+    AttentionRequest,
+    AttentionResponse,
+    LogitLensRequest,
+    LogitLensResponse,
+    Metric,
     NeighbourQuery,
     NeighboursRequest,
     NeighboursResponse,
@@ -21,6 +27,13 @@ from service.schemas import (
     NextTokenResponse,
 )
 from service.settings import Settings
+
+
+def text_ids(settings: Settings, model: LoadedModel, text: str, param: str) -> list[int]:
+    """The ids of a text the model reads, within this server's length limit; the start token
+    if it is empty."""
+    check_text_length(settings, text, param)
+    return model.prompt_ids(text, param)
 
 
 def query_tokens(model: LoadedModel, data: NeighboursRequest) -> tuple[list[int], list[int]]:
@@ -36,7 +49,7 @@ def query_tokens(model: LoadedModel, data: NeighboursRequest) -> tuple[list[int]
             "for an analogy",
             param="token",
         )
-    if analogy and data.metric != "cosine":
+    if analogy and data.metric not in (None, "cosine"):
         raise InvalidRequestError(
             "analogies rank by cosine similarity; leave `metric` out or set it to cosine",
             param="metric",
@@ -46,6 +59,22 @@ def query_tokens(model: LoadedModel, data: NeighboursRequest) -> tuple[list[int]
     positive = [model.token_id(token, f"positive[{i}]") for i, token in enumerate(data.positive)]
     negative = [model.token_id(token, f"negative[{i}]") for i, token in enumerate(data.negative)]
     return positive, negative
+
+
+def query_metric(model: LoadedModel, data: NeighboursRequest) -> Metric:
+    """What a neighbours query ranks by: the metric asked for, else the model's default,
+    Jensen-Shannon for one token of a bigram (its table rows are next-token distributions)
+    and cosine for anything else."""
+    if data.metric is None:
+        return "jensen_shannon" if model.kind == "bigram" and data.token is not None else "cosine"
+    if data.metric == "jensen_shannon" and model.kind != "bigram":
+        raise InvalidRequestError(
+            "jensen_shannon compares next-token distributions, which a bigram's token vectors "
+            f"(its table rows) are; model {model.id!r} is a {model.kind}, whose token vectors "
+            "are embeddings: use cosine, dot or euclidean",
+            param="metric",
+        )
+    return data.metric
 
 
 class InspectionController(Controller):
@@ -62,8 +91,7 @@ class InspectionController(Controller):
     ) -> NextTokenResponse:
         """Give the model's probability for every possible next token, most likely first."""
         model = registry.get(data.model)
-        check_text_length(settings, data.context, "context")
-        context_ids = model.prompt_ids(data.context, "context")
+        context_ids = text_ids(settings, model, data.context, "context")
         distribution, entropy = await inspector.next_token(
             model, context_ids, data.temperature, data.top_k
         )
@@ -81,8 +109,44 @@ class InspectionController(Controller):
         """Find the tokens whose vectors are nearest a token or an analogy's query."""
         model = registry.get(data.model)
         positive, negative = query_tokens(model, data)
-        neighbours = await inspector.neighbours(model, positive, negative, data.metric, data.k)
+        metric = query_metric(model, data)
+        excluded = query_spellings(model, positive + negative) if data.exclude_query else []
+        neighbours = await inspector.neighbours(model, positive, negative, metric, data.k, excluded)
         query = NeighbourQuery(
-            token=data.token, positive=data.positive, negative=data.negative, metric=data.metric
+            token=data.token,
+            positive=data.positive,
+            negative=data.negative,
+            metric=metric,
+            exclude_query=data.exclude_query,
         )
-        return NeighboursResponse(model=model.id, query=query, neighbours=neighbours)
+        return NeighboursResponse(
+            model=model.id,
+            query=query,
+            neighbours=neighbours,
+            excluded=[model.tokenizer.token_text(i) for i in excluded],
+        )
+
+    @post("/attention", operation_id="attention", status_code=HTTP_200_OK, responses=MODEL_ERRORS)
+    async def attention(
+        self,
+        data: JSONBody[AttentionRequest],
+        registry: NamedDependency[ModelRegistry],
+        inspector: NamedDependency[Inspector],
+        settings: NamedDependency[Settings],
+    ) -> AttentionResponse:
+        """Give a GPT's attention weights over a text's tokens, for every layer and head."""
+        model = registry.get(data.model)
+        return await inspector.attention(model, text_ids(settings, model, data.text, "text"))
+
+    @post("/logit-lens", operation_id="logitLens", status_code=HTTP_200_OK, responses=MODEL_ERRORS)
+    async def logit_lens(
+        self,
+        data: JSONBody[LogitLensRequest],
+        registry: NamedDependency[ModelRegistry],
+        inspector: NamedDependency[Inspector],
+        settings: NamedDependency[Settings],
+    ) -> LogitLensResponse:
+        """Give a GPT's most likely next tokens read off every layer at every position."""
+        model = registry.get(data.model)
+        ids = text_ids(settings, model, data.text, "text")
+        return await inspector.logit_lens(model, ids, data.top_k)

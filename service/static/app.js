@@ -1,9 +1,12 @@
-// The playground: pick a model, stream a generation, and switch between the three views.
+// The playground: pick a model, stream a generation, and switch between the views.
 
 import { ApiError, errorFrom, getJSON, serverSentEvents, showError } from "./api.js";
+import { AttentionView } from "./attention.js";
 import { EmbeddingView } from "./embeddings.js";
 import { HeatmapView } from "./heatmap.js";
+import { LogitLensView } from "./logit-lens.js";
 import { NextTokenView } from "./next-token.js";
+import { TimelineView } from "./timeline.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -24,12 +27,17 @@ class Playground {
     this.views = {
       "view-next": new NextTokenView(this),
       "view-table": new HeatmapView(this),
+      "view-attn": new AttentionView(this),
+      "view-lens": new LogitLensView(this),
       "view-embed": new EmbeddingView(this),
+      "view-train": new TimelineView(this),
     };
     this.tabs = [...document.querySelectorAll('[role="tab"]')];
 
     this.modelSelect.addEventListener("change", () => this.modelChanged());
-    this.prompt.addEventListener("input", () => this.views["view-next"].refreshSoon());
+    this.prompt.addEventListener("input", () => {
+      for (const id of ["view-next", "view-attn", "view-lens"]) this.views[id].refreshSoon();
+    });
     $("generate-form").addEventListener("submit", (event) => {
       event.preventDefault();
       this.generate();

@@ -12,6 +12,9 @@ const KINDS = [
   ["punct", /./u, "#0f8a5f", "punctuation and other"],
 ];
 
+// Metrics whose scores are distances (nearest first).
+const DISTANCES = ["euclidean", "jensen_shannon"];
+
 function kindOf(token) {
   return KINDS.find(([, pattern]) => pattern.test(token)) ?? KINDS[KINDS.length - 1];
 }
@@ -33,6 +36,7 @@ export class EmbeddingView {
     this.resultsTitle = document.getElementById("neighbours-title");
     this.analogyResults = document.getElementById("analogy-results");
     this.analogyError = document.getElementById("analogy-error");
+    this.analogyExcluded = document.getElementById("analogy-excluded");
     this.projections = new Map(); // model id -> projection, with the points of the pages fetched
     this.projection = null;
     this.selected = []; // ids drawn as the query
@@ -99,6 +103,11 @@ export class EmbeddingView {
       this.analogyResults.replaceChildren();
       this.resultsTitle.textContent = "Neighbours";
       showError(this.analogyError, "");
+      this.analogyExcluded.textContent = "";
+      // A bigram's rows are next-token distributions: compared as such by default.
+      const distributions = this.metric.querySelector('option[value="jensen_shannon"]');
+      distributions.disabled = model.kind !== "bigram";
+      this.metric.value = model.kind === "bigram" ? "jensen_shannon" : "cosine";
       this.describe(model);
     }
     this.body.hidden = false;
@@ -307,9 +316,13 @@ export class EmbeddingView {
       this.lines = false; // an analogy's answers are near a sum, not near any one of its tokens
       this.found = body.neighbours.map((n) => n.id);
       this.analogyResults.replaceChildren(...body.neighbours.map((n) => this.resultItem(n, "cosine")));
+      this.analogyExcluded.textContent = body.excluded?.length
+        ? `Left out, as the query's own: ${body.excluded.map(showToken).join(", ")}`
+        : "";
       this.draw();
     } catch (err) {
       this.analogyResults.replaceChildren();
+      this.analogyExcluded.textContent = "";
       showError(this.analogyError, err.message);
     }
   }
@@ -326,7 +339,7 @@ export class EmbeddingView {
         "aria-label": `${label}: show its neighbours`,
         onclick: () => this.neighbours(neighbour.token),
       }),
-      el("span", { class: "score", text: `${metric === "euclidean" ? "distance" : "score"} ${neighbour.score.toFixed(3)}` }),
+      el("span", { class: "score", text: `${DISTANCES.includes(metric) ? "distance" : "score"} ${neighbour.score.toFixed(3)}` }),
     );
   }
 }

@@ -265,7 +265,7 @@ def test_a_4140_token_embedding_map_shows_a_page_and_then_more(large_vocab_page,
     page.locator("#scatter").click(position=at)
     page.wait_for_selector("#neighbours li")
     assert page.input_value("#neighbour-token") == token
-    body = {"model": LARGE_BIGRAM, "token": token, "k": 8, "metric": "cosine"}
+    body = {"model": LARGE_BIGRAM, "token": token, "k": 8}  # a bigram's default metric
     expected = api.post("/v1/neighbours", json=body).json()["neighbours"]
     listed = page.eval_on_selector_all("#neighbours li", "els => els.map(e => e.dataset.token)")
     assert listed == [n["token"] for n in expected]

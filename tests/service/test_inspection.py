@@ -9,6 +9,7 @@ import msgspec
 import pytest
 import torch
 from litestar.testing import AsyncTestClient
+from scipy.spatial import distance as scipy_distance
 
 from models.checkpoint import load_checkpoint
 from service.app import create_app
@@ -174,6 +175,65 @@ async def test_bad_neighbour_queries_say_what_is_wrong(
     with pytest.raises(ApiError, match=message) as caught:
         await call(client, "/v1/neighbours", NeighboursResponse, model=GPT_ID, **request_fields)
     assert caught.value.param == param
+
+
+async def neighbours(client: AsyncTestClient, **body: object) -> NeighboursResponse:
+    return await call(client, "/v1/neighbours", NeighboursResponse, **body)
+
+
+async def test_analogy_exclusion_is_switchable_and_said_in_the_response(client, registry):
+    request = dict(model=GPT_ID, positive=["b", "c"], negative=["a"], k=100)
+    excluding = await neighbours(client, **request)
+    assert excluding.excluded == ["b", "c", "a"] and excluding.query.exclude_query
+    everything = await neighbours(client, **request, exclude_query=False)
+    assert everything.excluded == [] and not everything.query.exclude_query
+    ranked = [n.token for n in everything.neighbours]
+    assert {"a", "b", "c"} <= set(ranked) and len(ranked) == registry.get(GPT_ID).vocab_size
+    # Leaving the query out takes those three out of the same ranking, nothing else.
+    assert [n.token for n in excluding.neighbours] == [t for t in ranked if t not in "abc"]
+
+
+async def test_a_single_token_may_be_its_own_nearest_neighbour_when_asked(client, registry):
+    result = await neighbours(client, model=GPT_ID, token="e", exclude_query=False)
+    assert result.neighbours[0].token == "e"
+    assert result.neighbours[0].score == pytest.approx(1.0, abs=1e-6)
+
+
+def jensen_shannon(p: torch.Tensor, q: torch.Tensor) -> float:
+    """scipy's Jensen-Shannon distance in bits: an implementation other than ours."""
+    return float(scipy_distance.jensenshannon(p.numpy(), q.numpy(), base=2))
+
+
+async def test_bigram_neighbours_rank_by_jensen_shannon_by_default(client, registry):
+    model = registry.get(BIGRAM_ID)
+    table = torch.softmax(model.model.token_vectors().detach().double(), dim=-1)
+    e = model.tokenizer.encode("e")[0]
+    result = await neighbours(client, model=BIGRAM_ID, token="e")
+    assert result.query.metric == "jensen_shannon" and len(result.neighbours) == 10
+    expected = sorted(
+        (jensen_shannon(table[e], table[i]), i) for i in range(model.vocab_size) if i != e
+    )
+    assert [n.id for n in result.neighbours] == [i for _, i in expected[:10]]
+    for neighbour, (distance, _) in zip(result.neighbours, expected, strict=False):
+        assert neighbour.score == pytest.approx(distance, abs=1e-6)
+    # Cosine is still there when asked for, and analogies still rank by it.
+    cosine = await neighbours(client, model=BIGRAM_ID, token="e", metric="cosine")
+    unit = model.unit_vectors
+    assert cosine.neighbours[0].score == pytest.approx(
+        float(unit[e] @ unit[cosine.neighbours[0].id]), abs=1e-5
+    )
+    analogy = await neighbours(client, model=BIGRAM_ID, positive=["e"], negative=["a"])
+    assert analogy.query.metric == "cosine"
+
+
+async def test_jensen_shannon_is_refused_for_a_gpt_and_an_analogy(client, registry):
+    with pytest.raises(ApiError, match="next-token distributions.*cosine, dot or euclidean") as gpt:
+        await neighbours(client, model=GPT_ID, token="e", metric="jensen_shannon")
+    with pytest.raises(ApiError, match="analogies rank by cosine") as analogy:
+        await neighbours(
+            client, model=BIGRAM_ID, positive=["e"], negative=["a"], metric="jensen_shannon"
+        )
+    assert gpt.value.param == analogy.value.param == "metric"
 
 
 # -- tokenization -----------------------------------------------------------------------
