@@ -6,7 +6,7 @@ INTEROP_STAMP := $(VENV)/.installed-interop
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium serve test test-fast test-interop test-docker screenshots lint format bench bench-train bench-data clean check typecheck audit load
+.PHONY: install chromium redis serve test test-fast test-interop test-docker screenshots lint format bench bench-workers bench-train bench-data clean check typecheck audit load
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,13 +24,22 @@ $(CHROMIUM):
 
 chromium: $(CHROMIUM)
 
+# Debian's redis-server, which the shared-limit tests (tests/service/test_shared_limits.py,
+# tests/integration/test_scale.py) start on a free port; installed like Chromium.
+REDIS_SERVER := /usr/bin/redis-server
+$(REDIS_SERVER):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends redis-server
+
+redis: $(REDIS_SERVER)
+
 serve: $(STAMP)
 	$(VENV)/bin/tinygpt serve
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(REDIS_SERVER)
 	$(PY) -m pytest -m "not docker and not interop"
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(REDIS_SERVER)
 	$(PY) -m pytest -m "not slow and not docker and not interop"
 
 # The optional [interop] extra. llama-cpp-python compiles llama.cpp from its source package
@@ -81,18 +90,29 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Generation speed: in process, the engine against full recompute (bench/results/engine.json),
-# then over HTTP against a server it starts, 1/8/32/64 streaming clients, with the eager and
-# then the compiled decode step (bench/results/http.json, http-compiled.json).
-bench: $(STAMP)
+# Generation speed: in process, the engine against full recompute (bench/results/engine.json)
+# and against transformers' generate and llama.cpp on the same weights, which need the
+# [interop] extra (bench/results/peers.json); then over HTTP against a server it starts,
+# 1/8/32/64 streaming clients, with the server's defaults (compiled where it can) and then
+# with the eager decode step (bench/results/http.json, http-eager.json).
+bench: $(INTEROP_STAMP)
 	$(PY) -m bench.engine --threads 1 --repeats 3
+	$(PY) -m bench.peers
 	$(PY) -m bench.http
-	$(PY) -m bench.http --compile-decode --out bench/results/http-compiled.json
+	$(PY) -m bench.http --decode eager --out bench/results/http-eager.json
+
+# One worker against two (one torch thread each), 32 streaming clients of the reference GPT
+# (bench/results/http-workers-1.json, http-workers-2.json).
+bench-workers: $(STAMP)
+	$(PY) -m bench.http --workers 1 --torch-threads 1 --concurrency 32 --out bench/results/http-workers-1.json
+	$(PY) -m bench.http --workers 2 --torch-threads 1 --concurrency 32 --out bench/results/http-workers-2.json
 
 # 64 clients mixing generate, next-token and neighbours for 60 s (bench/results/load.json).
 load: $(STAMP)
 	$(PY) -m bench.load
 
+# The bigram and reference GPT targets, then nanoGPT's CPU recipe restated against our trainer
+# at the same settings (bench/results/training.json); `--only nanogpt --iters 50` for a quick check.
 bench-train: $(STAMP)
 	$(PY) -m bench.train_reference
 

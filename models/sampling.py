@@ -120,6 +120,7 @@ class BatchParams:
     logit_bias: torch.Tensor | None  # (B, V) added to the logits; None when no row has one
     scaling: bool  # some temperature is neither 0 nor 1
     greedy: bool  # some temperature is 0
+    all_greedy: bool  # every temperature is 0: the argmax alone decides
     filtering: bool  # some row uses top-k, top-p or min-p
     penalizing: bool  # some row has a repetition penalty
     counting: bool  # some row has a presence or frequency penalty
@@ -152,6 +153,7 @@ class BatchParams:
             logit_bias=logit_bias,
             scaling=any(p.temperature not in (0, 1) for p in params),
             greedy=any(p.temperature == 0 for p in params),
+            all_greedy=all(p.temperature == 0 for p in params),
             filtering=any(p.top_k or p.top_p < 1 or p.min_p > 0 for p in params),
             penalizing=any(p.repetition_penalty != 1 for p in params),
             counting=any(p.presence_penalty or p.frequency_penalty for p in params),
@@ -181,6 +183,8 @@ def sample_batch(
         logits = penalize_counts(logits, counts, params.presence_penalty, params.frequency_penalty)
     if params.logit_bias is not None:
         logits = logits + params.logit_bias
+    if params.all_greedy:  # the draws would be discarded: the same ids, without them
+        return logits.argmax(dim=-1)
     scaled = scale_by_temperature(logits, params.temperature) if params.scaling else logits
     # Unnormalised is fine: `draw` scales its uniform by each row's total.
     probs = F.softmax(scaled, dim=-1)  # (B, V)

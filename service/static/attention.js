@@ -5,7 +5,7 @@
 
 import { el, showToken } from "./api.js";
 import { ForwardPassView } from "./forward-pass.js";
-import { viridis } from "./heatmap.js";
+import { sizedCanvas, viridis } from "./heatmap.js";
 
 const THUMB = 64; // px along each side of a small pattern
 
@@ -26,18 +26,6 @@ function paintWeights(ctx, w, x0, y0, cell) {
   }
 }
 
-/** A canvas sized `wide` x `high` CSS px, drawn at the screen's pixel density. */
-function sizeCanvas(canvas, wide, high) {
-  const ratio = window.devicePixelRatio || 1;
-  canvas.style.width = `${wide}px`;
-  canvas.style.height = `${high}px`;
-  canvas.width = Math.round(wide * ratio);
-  canvas.height = Math.round(high * ratio);
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, wide, high);
-  return ctx;
-}
 
 export class AttentionView extends ForwardPassView {
   constructor(app) {
@@ -130,7 +118,7 @@ export class AttentionView extends ForwardPassView {
     const cell = (width - margin) / T;
     this.layout = { margin, cell, T };
     const side = margin + cell * T;
-    const ctx = sizeCanvas(this.canvas, side, side);
+    const ctx = sizedCanvas(this.canvas, side, side);
     paintWeights(ctx, this.weights(), margin, margin, cell);
     if (labelled) {
       ctx.fillStyle = "#3b4252";
@@ -160,7 +148,7 @@ export class AttentionView extends ForwardPassView {
       cells.push(el("span", { class: "grid-label", text: `layer ${layer}` }));
       for (let head = 0; head < heads; head++) {
         const canvas = el("canvas", { "aria-hidden": "true" });
-        const ctx = sizeCanvas(canvas, THUMB, THUMB);
+        const ctx = sizedCanvas(canvas, THUMB, THUMB);
         const w = this.result.layers[layer].heads[head];
         paintWeights(ctx, w, 0, 0, THUMB / w.length);
         cells.push(

@@ -5,7 +5,7 @@
 // the step.
 
 import { ApiError, el, formatProb, getJSON, readToken, showError, showToken } from "./api.js";
-import { viridis } from "./heatmap.js";
+import { sizedCanvas, viridis } from "./heatmap.js";
 
 // How long playing spends moving from one recorded step to the next.
 const STEP_MILLISECONDS = 700;
@@ -41,18 +41,6 @@ function extent(xs, ys) {
   return [x0, x1, y0, y1];
 }
 
-/** A canvas sized to `width` x `height` CSS pixels at the screen's resolution; its context. */
-function sized(canvas, width, height) {
-  const ratio = window.devicePixelRatio || 1;
-  canvas.style.width = `${width}px`;
-  canvas.style.height = `${height}px`;
-  canvas.width = Math.round(width * ratio);
-  canvas.height = Math.round(height * ratio);
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, width, height);
-  return ctx;
-}
 
 export class TimelineView {
   constructor(app) {
@@ -248,7 +236,7 @@ export class TimelineView {
     const ys = a.y.map((y, i) => lerp(y, b.y[i], f));
     const width = Math.max(260, this.mapWrap.clientWidth);
     const height = Math.round(Math.min(480, Math.max(260, width * 0.6)));
-    const ctx = sized(this.map, width, height);
+    const ctx = sizedCanvas(this.map, width, height);
     ctx.fillStyle = "#fbfcfe";
     ctx.fillRect(0, 0, width, height);
 
@@ -301,7 +289,7 @@ export class TimelineView {
     const panels = PANELS.filter((panel) => !panel.bigram || t.kind === "bigram");
     const width = Math.max(260, this.mapWrap.clientWidth);
     const height = 190;
-    const ctx = sized(this.curves, width, height);
+    const ctx = sizedCanvas(this.curves, width, height);
     const panelWidth = width / panels.length;
     const steps = t.steps.map((s) => s.step);
     const last = steps.at(-1) || 1;
@@ -410,7 +398,7 @@ export class TimelineView {
       }
     }
     cellsCtx.putImageData(image, 0, 0);
-    const ctx = sized(canvas, side, side);
+    const ctx = sizedCanvas(canvas, side, side);
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(cells, 0, 0, side, side);
   }
