@@ -158,9 +158,7 @@ def baked_models() -> list[str]:
     return sorted(p.parent.name for p in (REPO / "checkpoints").glob("*/manifest.json"))
 
 
-def test_the_image_compiles_the_decode_steps_and_is_ready_after(
-    client: httpx.Client, stack: Stack
-):
+def test_the_image_compiles_the_decode_steps_and_is_ready_after(client: httpx.Client, stack: Stack):
     """The image has the compiler the fast path needs: /ready is 503 while the GPTs compile
     (or already 200), then 200 listing every model, and the log says the steps compiled."""
     deadline = time.monotonic() + COMPILED_WITHIN_S
