@@ -19,9 +19,17 @@ from tests.models.test_shipped_checkpoints import CHECKPOINTS
 pytestmark = pytest.mark.interop
 
 
-def llama(path: Path, checkpoint: Checkpoint) -> Llama:
+GGML_TYPE_F32 = 0
+
+
+def llama(path: Path, checkpoint: Checkpoint, **options: object) -> Llama:
     return Llama(
-        str(path), n_ctx=checkpoint.model.block_size, n_threads=2, logits_all=True, verbose=False
+        str(path),
+        n_ctx=checkpoint.model.block_size,
+        n_threads=2,
+        logits_all=True,
+        verbose=False,
+        **options,
     )
 
 
@@ -55,14 +63,26 @@ def test_llama_cpp_continues_shipped_gpt_as_we_do(shipped_gpt, prompt, file_type
 
 def test_llama_cpp_logits_match_ours(tmp_path):
     checkpoint = load_checkpoint(CHECKPOINTS / "gpt-char")
-    model = llama(export_gguf(checkpoint, tmp_path / "model.gguf"), checkpoint)
+    # its KV cache in F32 too (F16 by default, which rounds keys and values)
+    model = llama(
+        export_gguf(checkpoint, tmp_path / "model.gguf"),
+        checkpoint,
+        type_k=GGML_TYPE_F32,
+        type_v=GGML_TYPE_F32,
+    )
     ids = checkpoint.tokenizer.encode("To be, or not to be, that is the question")
     model.eval(ids)
     theirs = torch.tensor(model.scores[: len(ids)])
     with torch.no_grad():
         ours = checkpoint.model(torch.tensor([ids]))[0][0]
-    # llama.cpp's GPT-2 uses the tanh GELU, ours the exact one: close, not identical.
-    assert (theirs - ours).abs().max().item() < 1e-2
+        # llama.cpp's GPT-2 uses the tanh GELU, ours the exact one: with the tanh GELU in
+        # ours too, what is left is llama.cpp's own float path (2.9e-3 at most measured on
+        # the shipped gpt-char; the exact GELU adds as much again, 1.2e-2 with an F16 cache).
+        for block in checkpoint.model.transformer.h:
+            block.mlp.gelu.approximate = "tanh"
+        ours_tanh = checkpoint.model(torch.tensor([ids]))[0][0]
+    assert (theirs - ours_tanh).abs().max().item() < 5e-3
+    assert (theirs - ours).abs().max().item() < 2e-2
     assert torch.equal(theirs.argmax(dim=-1), ours.argmax(dim=-1))
 
 
