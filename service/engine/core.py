@@ -149,7 +149,8 @@ class Engine:
         self.batch_params: BatchParams | None = None  # rebuilt when rows join or leave
         self.top_logprobs = 0  # the most alternatives any row asks for; rebuilt likewise
         self.waiting: deque[RequestState] = deque()
-        self.lock = threading.Condition()  # guards `waiting`, `accepting`, `stopping`
+        self.lock = threading.Condition()  # guards `waiting`, `admitting`, `accepting`, `stopping`
+        self.admitting = 0  # taken from `waiting` by the decode thread, not yet in `rows`
         self.cancel_signal = threading.Event()
         self.accepting = False
         self.stopping = False
@@ -216,7 +217,8 @@ class Engine:
         with self.lock:
             if not self.accepting:
                 raise EngineClosedError("the engine is not running")
-            free_rows = max(0, self.config.max_running - len(self.rows))
+            # rows being prefilled have left `waiting` but are not in `rows` yet
+            free_rows = max(0, self.config.max_running - len(self.rows) - self.admitting)
             room = self.config.max_waiting + free_rows - len(self.waiting)
             if len(states) > room:
                 self.metrics.requests_rejected += 1
@@ -347,6 +349,7 @@ class Engine:
             joining: list[RequestState] = []
             while self.waiting and len(self.rows) + len(joining) < self.config.max_running:
                 joining.append(self.waiting.popleft())
+            self.admitting = len(joining)
             self.metrics.waiting = len(self.waiting)
         if not joining:
             return None
@@ -357,6 +360,9 @@ class Engine:
                 if state not in self.rows:
                     self.fail(state, err, outbox)
             return None
+        finally:
+            with self.lock:
+                self.admitting = 0
 
     def prefill(self, joining: list[RequestState], outbox: Outbox) -> torch.Tensor | None:
         first = len(self.rows)
@@ -378,9 +384,10 @@ class Engine:
                 else:
                     admitted.append(state)
             logits = torch.cat(parts) if parts else None
-        for state in admitted:
-            row = len(self.rows)
-            self.rows.append(state)
+        with self.lock:  # `submit_all` counts them either as admitting or in rows, never both
+            self.rows.extend(admitted)
+            self.admitting -= len(admitted)
+        for row, state in enumerate(admitted, start=first):
             self.seen[row].zero_()
             self.seen[row, torch.tensor(state.request.prompt_ids, device=self.device)] = True
             self.counts[row].zero_()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import string
+import threading
 
 import pytest
 import torch
@@ -252,6 +253,31 @@ async def test_a_full_queue_refuses_at_once(gpt: GPT):
     with pytest.raises(QueueFullError):
         engine.submit(request("c", 5))
     assert engine.metrics.requests_rejected == 1
+    running.cancel()
+    assert (await waiting.collect()).finish_reason == "length"
+    engine.stop()
+
+
+async def test_requests_being_prefilled_still_count_against_the_queue(gpt: GPT):
+    """A request the decode thread has taken from the queue but not yet prefilled holds its
+    row: while it is in flight, only max_waiting more fit (this failed once on a fresh clone,
+    when the full-queue test above submitted during a prefill)."""
+    engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=1, max_waiting=1))
+    release, real_start = threading.Event(), engine.runner.start
+
+    def slow_start(contexts):
+        release.wait(10)
+        return real_start(contexts)
+
+    engine.runner.start = slow_start
+    engine.start()
+    running = engine.submit(request("a", 100_000))
+    while engine.admitting == 0:  # the decode thread is inside the prefill of "a"
+        await asyncio.sleep(0.001)
+    waiting = engine.submit(request("b", 5))
+    with pytest.raises(QueueFullError):
+        engine.submit(request("c", 5))
+    release.set()
     running.cancel()
     assert (await waiting.collect()).finish_reason == "length"
     engine.stop()
