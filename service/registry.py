@@ -81,6 +81,7 @@ class ModelRegistry:
         self._models: dict[str, LoadedModel] = {}
         self.lifecycle = anyio.Lock()
         self.retired: list[Engine] = []  # replaced by a reload: finishing their requests
+        self.compile_decode = False  # whether engines compile their decode step: see load()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -104,7 +105,8 @@ class ModelRegistry:
         log.info("model work on %d torch thread(s) (TINYGPT_TORCH_THREADS)", threads)
         # Inductor's compiled graphs persist here, so a restart compiles in seconds.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
-        _, why = decode_path(self.settings, resolve_device(self.settings.device))
+        # Decided once: reloads use the same settings and device.
+        self.compile_decode, why = decode_path(self.settings, resolve_device(self.settings.device))
         log.info("decode step: %s (TINYGPT_COMPILE_DECODE)", why)
         async with self.lifecycle:
             scan = await anyio.to_thread.run_sync(self.scan, {})
@@ -154,11 +156,11 @@ class ModelRegistry:
     def engine_metrics(self) -> dict[str, EngineMetrics]:
         return {model_id: model.engine.metrics for model_id, model in self._models.items()}
 
-    def engine_config(self, device: torch.device) -> EngineConfig:
+    def engine_config(self) -> EngineConfig:
         return EngineConfig(
             max_running=self.settings.max_running,
             max_waiting=self.settings.max_waiting,
-            compile_decode=decode_path(self.settings, device)[0],
+            compile_decode=self.compile_decode,
         )
 
     def scan(self, current: dict[str, LoadedModel]) -> Scan:
@@ -179,9 +181,7 @@ class ModelRegistry:
                     scan.unchanged.append(folder.name)
                     continue
                 with torch.inference_mode():
-                    model = prepare_model(
-                        folder.name, checkpoint, device, self.engine_config(device)
-                    )
+                    model = prepare_model(folder.name, checkpoint, device, self.engine_config())
                 model.engine.start()
             # One bad folder must not take the others down: whatever the reason, log it.
             except Exception as err:

@@ -26,7 +26,6 @@ function paintWeights(ctx, w, x0, y0, cell) {
   }
 }
 
-
 export class AttentionView extends ForwardPassView {
   constructor(app) {
     super(app, "attn", "/v1/attention");

@@ -41,7 +41,6 @@ function extent(xs, ys) {
   return [x0, x1, y0, y1];
 }
 
-
 export class TimelineView {
   constructor(app) {
     this.app = app;
