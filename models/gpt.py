@@ -53,9 +53,12 @@ class GPTTrainingSettings(Protocol):
 class KVCache:
     """Keys and values of every layer for up to `max_slots` sequences, one cache row each.
 
-    One tensor `kv` (n_layer, max_slots, 2, nh, block_size, hs), index 0 of its third axis
-    holding keys and 1 values. Allocated once at full size: decoding writes one position per
-    step in place and never grows a tensor, and moving a sequence to another row is one copy.
+    One tensor `kv` (n_layer, max_slots, 2, nh, block_size + 1, hs), index 0 of its third
+    axis holding keys and 1 values. Allocated once at full size: decoding writes one position
+    per step in place and never grows a tensor, and moving a sequence to another row is one
+    copy. The last position is never written or read: a decode step reads positions 0..L-1
+    for an L of its own (see GPT.decode), and were L ever the whole axis, the slice would be
+    the whole tensor, which torch.compile treats as a shape of its own (another graph).
     """
 
     def __init__(
@@ -66,7 +69,7 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
     ):
         head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, max_slots, 2, config.n_head, config.block_size, head_dim)
+        shape = (config.n_layer, max_slots, 2, config.n_head, config.block_size + 1, head_dim)
         # zeros, not empty: positions past a row's length are masked, but must not hold NaNs
         self.kv = torch.zeros(shape, device=device, dtype=dtype)
 
@@ -159,8 +162,9 @@ class CausalSelfAttention(nn.Module):
         explicit_attention: bool = False,
     ) -> torch.Tensor:
         """One new token per sequence, x (B, C): sequence b lives in cache row b and its new
-        token sits at positions[b]. `visible` (B, 1, 1, block_size) marks the cached positions
-        each row may attend to: its own prefix, up to and including the new token.
+        token sits at positions[b]. `visible` (B, 1, 1, L) marks the cached positions 0..L-1
+        each row may attend to: its own prefix, up to and including the new token (L, at most
+        block_size, covers every row's new position; positions past it are not read at all).
 
         `explicit_attention` spells the attention out instead of calling the fused SDPA
         kernel: slower eagerly (more, smaller operations), faster under torch.compile, which
@@ -168,7 +172,8 @@ class CausalSelfAttention(nn.Module):
         B, C = x.shape
         qkv = self.c_attn(x).view(B, 3, self.n_head, C // self.n_head)  # (B, 3, nh, hs)
         cache.store_step(layer, positions, qkv[:, 1:])  # first: the token attends to itself too
-        keys, values = cache.kv[layer, :B].unbind(1)  # 2 x (B, nh, block_size, hs)
+        span = visible.size(-1)
+        keys, values = cache.kv[layer, :B, :, :, :span].unbind(1)  # 2 x (B, nh, L, hs)
         q = qkv[:, 0, :, None, :]  # (B, nh, 1, hs)
         # Rows hold sequences of different lengths: the mask, not the shape, bounds each one.
         if explicit_attention:
@@ -374,16 +379,20 @@ class GPT(nn.Module):
         cache: KVCache,
         positions: torch.Tensor,
         explicit_attention: bool = False,
+        span: int | None = None,
     ) -> torch.Tensor:
         """Advance the sequences in cache rows 0..B-1 by one token each.
 
         idx (B,) long: each row's newest token; positions (B,) long: where it goes, i.e. how
         many tokens the row already holds, which must be below block_size (the caller
         re-prefills a shorter window first). Returns next-token logits (B, V).
-        `explicit_attention`: see CausalSelfAttention.decode (for torch.compile).
+        `span`: how many cache positions attention reads, more than every position (None:
+        block_size). Reading the cache is most of a batched step's memory traffic, so the
+        caller passes the longest row's length, rounded up to a few sizes so that a compiled
+        step sees few shapes. `explicit_attention`: see CausalSelfAttention.decode.
         """
         x = self.embed(idx, positions)  # (B, C): one token per row, no time axis
-        slot_positions = torch.arange(self.config.block_size, device=idx.device)
+        slot_positions = torch.arange(span or self.config.block_size, device=idx.device)
         visible = (slot_positions <= positions[:, None])[:, None, None, :]  # (B, 1, 1, L)
         for layer, block in enumerate(self.transformer.h):
             x = block.decode(x, cache, layer, positions, visible, explicit_attention)

@@ -21,6 +21,11 @@ import torch
 from models.bigram import BigramLanguageModel
 from models.gpt import GPT
 
+# Attention in a decode step reads the cache up to the longest row, rounded up to a multiple
+# of this: a compiled step sees a few shapes instead of one per length, and each read is whole
+# vectors.
+SPAN_STEP = 16
+
 
 class Runner(Protocol):
     compiled: bool  # the decode step runs compiled
@@ -133,18 +138,26 @@ class GPTRunner:
             refill = [row for row in full if self.windows[row]]  # empty when window_keep is 1
             if refill:
                 self.prefill(refill)
-        positions = torch.tensor([len(w) for w in self.windows], device=self.device)
+        lengths = [len(w) for w in self.windows]
+        positions = torch.tensor(lengths, device=self.device)
         tokens = torch.tensor(token_ids, device=self.device)
-        logits = self.decode(tokens, self.cache, positions)  # (n, V)
+        span = self.span(max(lengths))
+        logits = self.decode(tokens, self.cache, positions, span=span)  # (n, V)
         for window, token in zip(self.windows, token_ids, strict=True):
             window.append(token)
         return logits
 
+    def span(self, longest: int) -> int:
+        """The cache positions a step reads when the longest row holds `longest` tokens: its
+        new position included, rounded up to a multiple of SPAN_STEP."""
+        return min(self.block_size, (longest // SPAN_STEP + 1) * SPAN_STEP)
+
     def warm_up(self) -> str | None:
-        """Run the decode step once for one row and once for two, so that a compiled step is
-        compiled now (one graph for one row, one for any larger batch) and not while the
-        first requests wait. Rows 0 and 1 are free at this point and get overwritten. If the
-        step does not compile, decoding goes on eagerly and the reason is returned."""
+        """Run the decode step for one row and for two, each at two spans, so that a compiled
+        step is compiled now (a graph for one row and one for any larger batch, each for any
+        span) and not while the first requests wait. Rows 0 and 1 are free at this point and
+        get overwritten. If the step does not compile, decoding goes on eagerly and the reason
+        is returned."""
         try:
             self.run_decode_shapes()
         except Exception as err:
@@ -161,10 +174,12 @@ class GPTRunner:
         return None
 
     def run_decode_shapes(self) -> None:
+        spans = sorted({self.span(0), self.span(self.block_size - 1)})
         for n in range(1, min(2, self.cache.max_slots) + 1):
-            tokens = torch.zeros(n, dtype=torch.long, device=self.device)
-            positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
-            self.decode(tokens, self.cache, positions)  # the compiled graph would assume it
+            for span in spans:
+                tokens = torch.zeros(n, dtype=torch.long, device=self.device)
+                positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
+                self.decode(tokens, self.cache, positions, span=span)  # a graph would assume it
 
     def truncate(self, rows: int) -> None:
         del self.windows[rows:]

@@ -28,9 +28,12 @@ def test_prefill_gives_the_last_position_of_forward_in_any_slots():
     assert cache.kv[:, [4, 0, 2], :, :, :10].abs().sum(dim=(0, 2, 3, 4, 5)).ne(0).all()
 
 
+@pytest.mark.parametrize("tight_span", [False, True], ids=["whole-block", "tight-span"])
 @pytest.mark.parametrize("explicit_attention", [False, True], ids=["sdpa", "explicit"])
 @torch.inference_mode()
-def test_decoding_rows_of_different_lengths_matches_recompute(explicit_attention: bool):
+def test_decoding_rows_of_different_lengths_matches_recompute(
+    explicit_attention: bool, tight_span: bool
+):
     model = make()
     lengths = [3, 11, 7]  # prompt lengths: every row at its own position
     seqs = torch.randint(V, (3, 24))
@@ -41,7 +44,9 @@ def test_decoding_rows_of_different_lengths_matches_recompute(explicit_attention
     positions = torch.tensor(lengths)
     rows = torch.arange(3)
     for _ in range(24 - max(lengths)):
-        logits = model.decode(seqs[rows, positions], cache, positions, explicit_attention)
+        # reading only up to the longest row's new position changes nothing
+        span = int(positions.max()) + 1 if tight_span else None
+        logits = model.decode(seqs[rows, positions], cache, positions, explicit_attention, span)
         torch.testing.assert_close(logits, full[rows, positions], atol=1e-4, rtol=0)
         positions += 1
 

@@ -119,7 +119,7 @@ async def test_a_decode_step_that_does_not_compile_falls_back_to_eager_and_says_
     gpt: GPT, monkeypatch: pytest.MonkeyPatch
 ):
     def compile_that_fails(fn: object, **options: object) -> object:
-        def compiled(*args: object) -> object:
+        def compiled(*args: object, **kwargs: object) -> object:
             raise RuntimeError("C++ compile error\ng++: not found")
 
         return compiled
