@@ -43,6 +43,17 @@ def decode_path(settings: Settings, device: torch.device) -> tuple[bool, str]:
     return False, f"eager ({blocker}; compiled, decoding is about 3x faster)"
 
 
+def decode_dtype(settings: Settings, device: torch.device) -> torch.dtype:
+    """The GPT decode step's precision on `device`: bf16 where auto finds it on CUDA, where
+    it halves the weights and the KV cache to read per token and the logprobs stay within a
+    few hundredths of float32's (tests/service/test_runners.py); float32 elsewhere, where
+    CPU decoding in bf16 would change the text against the float32 model."""
+    if settings.decode_dtype == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return getattr(torch, settings.decode_dtype)
+
+
 def checkpoint_folders(root: str | Path) -> list[Path]:
     """Every folder under `root` by name (hidden ones aside): each should be a checkpoint."""
     root = Path(root)
@@ -82,6 +93,7 @@ class ModelRegistry:
         self.lifecycle = anyio.Lock()
         self.retired: list[Engine] = []  # replaced by a reload: finishing their requests
         self.compile_decode = False  # whether engines compile their decode step: see load()
+        self.decode_dtype = torch.float32  # their decode precision: see load()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -106,8 +118,11 @@ class ModelRegistry:
         # Inductor's compiled graphs persist here, so a restart compiles in seconds.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
         # Decided once: reloads use the same settings and device.
-        self.compile_decode, why = decode_path(self.settings, resolve_device(self.settings.device))
+        device = resolve_device(self.settings.device)
+        self.compile_decode, why = decode_path(self.settings, device)
         log.info("decode step: %s (TINYGPT_COMPILE_DECODE)", why)
+        self.decode_dtype = decode_dtype(self.settings, device)
+        log.info("decode precision: %s (TINYGPT_DECODE_DTYPE)", str(self.decode_dtype)[6:])
         async with self.lifecycle:
             scan = await anyio.to_thread.run_sync(self.scan, {})
             if not scan.fresh:
@@ -161,6 +176,7 @@ class ModelRegistry:
             max_running=self.settings.max_running,
             max_waiting=self.settings.max_waiting,
             compile_decode=self.compile_decode,
+            dtype=self.decode_dtype,
         )
 
     def scan(self, current: dict[str, LoadedModel]) -> Scan:

@@ -46,6 +46,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # until they are done, and inductor's cache (TORCHINDUCTOR_CACHE_DIR, by default under the
     # tinygpt cache folder) makes a restart's compile take seconds.
     compile_decode: bool | None = None
+    # The GPT decode step's precision; auto: bfloat16 on a CUDA device that has it, float32
+    # elsewhere. Generation only: the inspection endpoints read the float32 weights.
+    decode_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Threads torch uses for model work; unset: see `torch_threads_for`.
     torch_threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
     log_level: LogLevel = "info"

@@ -72,6 +72,8 @@ class EngineConfig:
     # torch.compile the GPT decode step: about three times the single-stream speed on CPU,
     # after a warm-up of ~30 s the first time (~3 s once inductor's cache holds the graphs)
     compile_decode: bool = False
+    # the GPT's decode precision (bf16 on CUDA: see service.registry); None: the model's own
+    dtype: torch.dtype | None = None
 
     @property
     def capacity(self) -> int:
@@ -132,7 +134,7 @@ class Engine:
         self.vocab_size = tokenizer.vocab_size
         self.device = next(model.parameters()).device
         self.runner = make_runner(
-            model, config.max_running, config.window_keep, config.compile_decode
+            model, config.max_running, config.window_keep, config.compile_decode, config.dtype
         )
         # (max_running, V): tokens already in each row's sequence, for the repetition penalty,
         # and the times each was generated, for the presence and frequency penalties

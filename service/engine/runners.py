@@ -7,11 +7,13 @@ then reads one contiguous block of the KV cache instead of gathering rows.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
 import sysconfig
 from collections import defaultdict
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -80,26 +82,48 @@ class GPTRunner:
     block_size re-prefills at every step (a sliding window, like full recompute).
     """
 
-    def __init__(self, model: GPT, capacity: int, window_keep: int, compile_decode: bool = False):
+    def __init__(
+        self,
+        model: GPT,
+        capacity: int,
+        window_keep: int,
+        compile_decode: bool = False,
+        dtype: torch.dtype | None = None,
+        batch_buckets: bool | None = None,
+    ):
         if not 1 <= window_keep <= model.block_size:
             raise ValueError(f"window_keep must be in 1..{model.block_size}, got {window_keep}")
+        # A copy in another precision (bf16 on CUDA) decodes; the model's own weights stay as
+        # they are for whatever else reads them (the inspection endpoints).
+        if dtype is not None and dtype != model.transformer.wte.weight.dtype:
+            model = copy.deepcopy(model).to(dtype)
         self.model = model
-        # The decode step is many small operations, so Python and dispatch overhead, not
-        # arithmetic, bound it; compiling fuses them (prefill stays eager: it runs rarely), and
-        # the C++ wrapper calls the compiled kernels without a Python line per kernel.
-        self.compiled = compile_decode
-        self.decode = (
-            torch.compile(
-                partial(model.decode, explicit_attention=True), options={"cpp_wrapper": True}
-            )
-            if compile_decode
-            else model.decode
-        )
         self.block_size = model.block_size
         self.window_keep = window_keep
         self.cache = model.new_cache(capacity)
         self.device = self.cache.kv.device
         self.windows: list[list[int]] = []  # per row: the tokens its cache row holds, in order
+        self.compiled = compile_decode
+        self.decode = self.compiled_decode() if compile_decode else model.decode
+        # Batch sizes padded up to powers of two: one CUDA graph per size (None: as they come).
+        graphs = compile_decode and self.device.type == "cuda"
+        self.buckets = batch_sizes(capacity) if graphs or batch_buckets else None
+
+    def compiled_decode(self) -> Callable[..., torch.Tensor]:
+        """The decode step is many small operations, so Python and dispatch overhead, not
+        arithmetic, bound it; compiling fuses them (prefill stays eager: it runs rarely). On
+        CPU the C++ wrapper calls the compiled kernels without a Python line per kernel; on
+        CUDA the step is captured in CUDA graphs (one per padded batch size, see `buckets`),
+        which launch all of its kernels at once, reading the KV cache at a fixed address."""
+        step = partial(self.model.decode, explicit_attention=True)
+        if self.device.type == "cuda":
+            torch._dynamo.mark_static_address(self.cache.kv)
+            limit = torch._dynamo.config.recompile_limit
+            torch._dynamo.config.recompile_limit = max(
+                limit, len(batch_sizes(self.cache.max_slots))
+            )
+            return torch.compile(step, mode="reduce-overhead", dynamic=False)
+        return torch.compile(step, options={"cpp_wrapper": True})
 
     def fit(self, tokens: list[int]) -> list[int]:
         """The window of `tokens` the model attends to: all of them while they fit in
@@ -120,7 +144,7 @@ class GPTRunner:
                 group, self.model.prefill(idx, self.cache, slots), strict=True
             ):
                 logits[row] = row_logits
-        return torch.stack([logits[r] for r in rows])
+        return torch.stack([logits[r] for r in rows]).float()
 
     def start(self, contexts: list[list[int]]) -> torch.Tensor:
         first = len(self.windows)
@@ -138,18 +162,30 @@ class GPTRunner:
             refill = [row for row in full if self.windows[row]]  # empty when window_keep is 1
             if refill:
                 self.prefill(refill)
+        n = len(token_ids)
         lengths = [len(w) for w in self.windows]
-        positions = torch.tensor(lengths, device=self.device)
-        tokens = torch.tensor(token_ids, device=self.device)
-        span = self.span(max(lengths))
-        logits = self.decode(tokens, self.cache, positions, span=span)  # (n, V)
+        span: int | None = self.span(max(lengths))
+        padding: list[int] = []
+        if self.buckets is not None:
+            # Rows n.. are free: the padding's keys and values land there, unread, and a
+            # prefill overwrites them when a sequence joins.
+            padding = [0] * (next(b for b in self.buckets if b >= n) - n)
+            span = None
+        positions = torch.tensor([*lengths, *padding], device=self.device)
+        tokens = torch.tensor([*token_ids, *padding], device=self.device)
+        if self.compiled and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are done with
+        logits = self.decode(tokens, self.cache, positions, span=span)  # (n + padding, V)
         for window, token in zip(self.windows, token_ids, strict=True):
             window.append(token)
-        return logits
+        # a copy: a CUDA graph's outputs are overwritten by its next replay
+        return logits[:n].to(torch.float32, copy=True)  # (n, V)
 
     def span(self, longest: int) -> int:
         """The cache positions a step reads when the longest row holds `longest` tokens: its
-        new position included, rounded up to a multiple of SPAN_STEP."""
+        new position included, rounded up to a multiple of SPAN_STEP. (Padded batches read
+        the whole block instead: every span would be another CUDA graph per batch size, and
+        on a GPU that read is cheap next to the launches the graphs save.)"""
         return min(self.block_size, (longest // SPAN_STEP + 1) * SPAN_STEP)
 
     def warm_up(self) -> str | None:
@@ -174,12 +210,19 @@ class GPTRunner:
         return None
 
     def run_decode_shapes(self) -> None:
-        spans = sorted({self.span(0), self.span(self.block_size - 1)})
-        for n in range(1, min(2, self.cache.max_slots) + 1):
-            for span in spans:
-                tokens = torch.zeros(n, dtype=torch.long, device=self.device)
-                positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
-                self.decode(tokens, self.cache, positions, span=span)  # a graph would assume it
+        shapes: list[tuple[int, int | None]]
+        if self.buckets is not None:
+            # each size three times: CUDA graph trees run a graph once before recording it
+            shapes = [(n, None) for n in self.buckets for _ in range(3)]
+        else:
+            spans = sorted({self.span(0), self.span(self.block_size - 1)})
+            shapes = [(n, s) for n in range(1, min(2, self.cache.max_slots) + 1) for s in spans]
+        for n, span in shapes:
+            tokens = torch.zeros(n, dtype=torch.long, device=self.device)
+            positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
+            if self.compiled and self.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+            self.decode(tokens, self.cache, positions, span=span)  # a graph would assume it
 
     def truncate(self, rows: int) -> None:
         del self.windows[rows:]
@@ -222,16 +265,24 @@ class BigramRunner:
         """Rows hold no state of their own."""
 
 
+def batch_sizes(capacity: int) -> list[int]:
+    """Powers of two below `capacity`, then `capacity`: the sizes a padded batch takes."""
+    sizes = [1 << i for i in range(capacity.bit_length()) if 1 << i < capacity]
+    return [*sizes, capacity]
+
+
 def make_runner(
     model: GPT | BigramLanguageModel,
     capacity: int,
     window_keep: int | None = None,
     compile_decode: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Runner:
-    """The runner for `model`; `window_keep` defaults to half the GPT's block_size."""
+    """The runner for `model`; `window_keep` defaults to half the GPT's block_size, `dtype`
+    (the GPT's decode precision) to the model's own."""
     if isinstance(model, GPT):
         keep = window_keep if window_keep is not None else max(1, model.block_size // 2)
-        return GPTRunner(model, capacity, keep, compile_decode)
+        return GPTRunner(model, capacity, keep, compile_decode, dtype)
     if isinstance(model, BigramLanguageModel):
         return BigramRunner(model)
     raise TypeError(f"no engine runner for {type(model).__name__}")

@@ -13,7 +13,7 @@ from service.exceptions import (
     NotReadyError,
     UnknownModelError,
 )
-from service.registry import ModelRegistry, decode_path
+from service.registry import ModelRegistry, decode_dtype, decode_path
 from service.settings import Settings
 from tests.service.tiny_models import BIGRAM_ID, GPT_ID
 
@@ -107,3 +107,21 @@ def test_the_decode_step_is_compiled_only_where_a_compiler_and_headers_are(
         "eager (no C++ compiler (g++) on PATH; compiled, decoding is about 3x faster)",
     )
     assert decode_path(Settings(compile_decode=False), cpu) == (False, "eager, as set")
+
+
+def test_decoding_is_bf16_by_default_only_on_a_cuda_device_that_has_it(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert decode_dtype(Settings(), cpu) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert decode_dtype(Settings(), cuda) == torch.bfloat16
+    assert decode_dtype(Settings(decode_dtype="float32"), cuda) == torch.float32
+    assert decode_dtype(Settings(decode_dtype="bfloat16"), cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert decode_dtype(Settings(), cuda) == torch.float32
+
+
+async def test_engines_get_the_decode_precision_decided_at_load(registry):
+    assert registry.decode_dtype == torch.float32  # this machine has no CUDA
+    assert registry.engine_config().dtype == torch.float32
