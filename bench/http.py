@@ -33,17 +33,23 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.dataset import cache_root
 from models.gpt import GPT, GPTConfig
+from models.sampling import SamplingParams
+from service.engine import Engine, EngineConfig, GenerationRequest
+from service.engine.runners import compile_blocker
+from service.settings import Settings, torch_threads_for
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_GPT = REPO / "checkpoints" / "gpt-char"
@@ -73,36 +79,100 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def stream_one(client: httpx.AsyncClient, body: dict) -> RequestTiming:
-    """One streamed generation: timestamps of every token event."""
+class StreamingConnection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the chunked answer.
+
+    The clients share the server's cores on one machine, so they must cost as little as
+    possible: httpx's streaming reader took about 0.6 of a core from the server at 32
+    clients here. This speaks just the HTTP the server answers with (a status line, headers,
+    then a chunked or Content-Length body) and looks at nothing but where token events are.
+    """
+
+    def __init__(self, url: str, timeout: float):
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.timeout = timeout
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def connected(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        return self.streams
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+    async def post(self, path: str, body: dict) -> AsyncIterator[bytes | dict[str, str]]:
+        """Yields the response's headers (lower-cased names, `:status` too), then each piece
+        of its body as it arrives."""
+        reader, writer = await self.connected()
+        payload = json.dumps(body).encode()
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {":status": status_line.split(" ")[1]}
+        for line in filter(None, lines):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        yield headers
+        if headers.get("transfer-encoding") == "chunked":
+            while size := int((await asyncio.wait_for(reader.readline(), self.timeout)), 16):
+                yield (await asyncio.wait_for(reader.readexactly(size + 2), self.timeout))[:-2]
+            await reader.readline()  # the blank line after the last chunk
+        else:
+            yield await reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection") == "close":
+            self.close()
+
+
+async def stream_one(connection: StreamingConnection, body: dict) -> RequestTiming:
+    """One streamed generation: timestamps of every token event (events that arrive in one
+    piece share its time)."""
     started = time.perf_counter()
     stamps: list[float] = []
-    async with client.stream("POST", "/v1/generate", json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-        event = None
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event == "token":
-                stamps.append(time.perf_counter())
-        replica = response.headers.get("x-replica-id", "")
+    responses = connection.post("/v1/generate", body)
+    headers = await anext(responses)
+    assert isinstance(headers, dict)
+    body_parts = [part async for part in stamped(responses, stamps)]
+    if headers[":status"] != "200":
+        raise RuntimeError(f"HTTP {headers[':status']}: {b''.join(body_parts)[:200]!r}")
     if not stamps:
         raise RuntimeError("the stream ended without a token")
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    replica = headers.get("x-replica-id", "")
     return RequestTiming(stamps[0] - started, gaps, stamps[-1] - started, len(stamps), replica)
 
 
+async def stamped(
+    pieces: AsyncIterator[bytes | dict[str, str]], stamps: list[float]
+) -> AsyncIterator[bytes]:
+    """The body's pieces, with the time each token event in them arrived added to `stamps`."""
+    async for piece in pieces:
+        assert isinstance(piece, bytes)
+        now = time.perf_counter()
+        stamps.extend([now] * piece.count(b"event: token\n"))
+        yield piece
+
+
 async def client_loop(
-    client: httpx.AsyncClient, body: dict, requests: int, result: LevelResult
+    connection: StreamingConnection, body: dict, requests: int, result: LevelResult
 ) -> None:
-    for i in range(requests):
-        try:
-            timing = await stream_one(client, {**body, "seed": i})
-            result.timings.append(timing)
-        except (httpx.HTTPError, RuntimeError) as err:
-            result.errors.append(str(err))
+    try:
+        for i in range(requests):
+            try:
+                timing = await stream_one(connection, {**body, "seed": i})
+                result.timings.append(timing)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, RuntimeError) as err:
+                connection.close()  # what was left of that answer is not read: start afresh
+                result.errors.append(f"{type(err).__name__}: {err}")
+    finally:
+        connection.close()
 
 
 async def run_level(args: argparse.Namespace, concurrency: int) -> dict:
@@ -114,17 +184,12 @@ async def run_level(args: argparse.Namespace, concurrency: int) -> dict:
         "stream": True,
     }
     result = LevelResult()
-    limits = httpx.Limits(max_connections=concurrency + 4)
-    timeout = httpx.Timeout(args.timeout)
-    async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=timeout) as client:
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(
-                client_loop(client, body, args.requests_per_client, result)
-                for _ in range(concurrency)
-            )  # noqa: E501
-        )
-        elapsed = time.perf_counter() - started
+    connections = [StreamingConnection(args.url, args.timeout) for _ in range(concurrency)]
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(client_loop(c, body, args.requests_per_client, result) for c in connections)
+    )
+    elapsed = time.perf_counter() - started
     ttft = [t.ttft for t in result.timings]
     itl = [gap for t in result.timings for gap in t.itls]
     e2e = [t.e2e for t in result.timings]
@@ -159,6 +224,64 @@ def write_checkpoint(model_name: str, root: Path) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **REFERENCE))
     save_checkpoint(root / model_name, model, tokenizer, {})
+
+
+async def in_process_level(
+    engine: Engine, prompt_ids: list[int], args: argparse.Namespace, concurrency: int
+) -> dict:
+    """The same requests as `run_level`'s clients send, to the same engine the server runs,
+    in this process: each of `concurrency` tasks submits its requests one after another and
+    takes each whole result at the end (no tokens handed over one by one)."""
+    sampling = SamplingParams(temperature=1.0)
+
+    async def client(tokens: list[int]) -> None:
+        for i in range(args.requests_per_client):
+            request = GenerationRequest(
+                prompt_ids, args.max_new_tokens, sampling, seed=i, stream_tokens=False
+            )
+            completion = await engine.submit(request).collect()
+            tokens.append(completion.usage.completion_tokens)
+
+    tokens: list[int] = []
+    started = time.perf_counter()
+    await asyncio.gather(*(client(tokens) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "output_tokens_per_s": round(sum(tokens) / elapsed, 1),
+        "seconds": round(elapsed, 2),
+    }
+
+
+def in_process(args: argparse.Namespace) -> list[dict]:
+    """`in_process_level` at every concurrency, on an engine set up as `tinygpt serve` sets
+    up its own by default (its torch threads, its decode path, its inductor cache)."""
+    settings = Settings(torch_threads=args.torch_threads)
+    torch.set_num_threads(torch_threads_for(settings))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    compiled = {
+        "default": compile_blocker(torch.device("cpu")) is None,
+        "eager": False,
+        "compiled": True,
+    }[args.decode]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_checkpoint(args.model, Path(tmp))
+        checkpoint = load_checkpoint(Path(tmp) / args.model)
+    engine = Engine(
+        checkpoint.model,
+        checkpoint.tokenizer,
+        EngineConfig(max_running=settings.max_running, compile_decode=compiled),
+    )
+    engine.start()
+    engine.warmed.wait()
+    try:
+        prompt_ids = checkpoint.tokenizer.encode(args.prompt)
+        asyncio.run(in_process_level(engine, prompt_ids, args, max(args.concurrency)))  # warm
+        return [
+            asyncio.run(in_process_level(engine, prompt_ids, args, c)) for c in args.concurrency
+        ]
+    finally:
+        engine.stop()
 
 
 @contextmanager
@@ -221,10 +344,12 @@ def machine() -> dict:
 
 
 def table(rows: list[dict]) -> str:
+    compared = "in_process_tokens_per_s" in rows[0]
     lines = [
         "| clients | tok/s | req/s | TTFT p50/p90/p99 ms | ITL p50/p90/p99 ms "
-        "| E2E p50/p90/p99 ms | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| E2E p50/p90/p99 ms | errors |"
+        + (" in process tok/s | HTTP / in process |" if compared else ""),
+        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if compared else ""),
     ]
     for r in rows:
 
@@ -234,6 +359,11 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['concurrency']} | {r['output_tokens_per_s']} | {r['requests_per_s']} "
             f"| {trio('ttft_ms')} | {trio('itl_ms')} | {trio('e2e_ms')} | {r['errors']} |"
+            + (
+                f" {r['in_process_tokens_per_s']} | {r['http_over_in_process']} |"
+                if compared
+                else ""
+            )
         )
     return "\n".join(lines)
 
@@ -262,7 +392,14 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/http.json"))
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="then the same requests to the same engine in this process, for the ratio",
+    )
     args = parser.parse_args()
+    if args.in_process and (args.url or args.workers != 1):
+        parser.error("--in-process compares with the one-process server this starts")
     started = os.getloadavg()
     if args.url:
         rows = [asyncio.run(run_level(args, c)) for c in args.concurrency]
@@ -270,8 +407,15 @@ def main() -> None:
         server = running_server(args.model, args.torch_threads, args.decode, args.workers)
         with server as args.url:
             rows = [asyncio.run(run_level(args, c)) for c in args.concurrency]
+    if args.in_process:
+        for row, alone in zip(rows, in_process(args), strict=True):
+            row["in_process_tokens_per_s"] = alone["output_tokens_per_s"]
+            row["http_over_in_process"] = round(
+                row["output_tokens_per_s"] / alone["output_tokens_per_s"], 2
+            )
     results = {
-        "machine": machine() | {"load_average_at_start": started},
+        "machine": machine()
+        | {"load_average_at_start": started, "load_average_at_end": os.getloadavg()},
         "settings": vars(args) | {"out": str(args.out)},
         "levels": rows,
     }
