@@ -20,7 +20,7 @@ from models.config import (
     checked_vocab_size,
 )
 from models.data import CorpusError, load_corpus, split_named
-from models.device import DEVICE_CHOICES, resolve_device
+from models.device import DEVICE_CHOICES, PRECISION_CHOICES, resolve_device
 from models.distributed import DistEnv
 from models.evaluation import full_pass_loss
 from models.interop.commands import add_export_parser, add_import_parser
@@ -87,6 +87,13 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, help=default_of("seed"))
     p.add_argument("--device", choices=DEVICE_CHOICES, help=default_of("device"))
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="bf16: matrix multiplies under bf16 autocast, weights kept in fp32; auto: bf16 on "
+        "CUDA and on CPUs with native bf16 (AVX512-BF16), fp32 elsewhere; may change on "
+        "--resume, as --device may " + default_of("precision"),
+    )
     p.add_argument(
         "--grad-accum-steps",
         type=int,
@@ -213,7 +220,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         if args.resume:
-            cfg = resumed_config(args.out, args.device)
+            cfg = resumed_config(args.out, args.device, args.precision)
         else:
             if args.dataset and (args.tokenizer or args.vocab_size):
                 raise TrainingError(

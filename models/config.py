@@ -6,6 +6,7 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from models.bigram import BigramInit
+from models.device import PRECISION_CHOICES
 from models.tokenizer import MIN_BPE_VOCAB
 
 DEFAULT_BPE_VOCAB = 2048
@@ -99,6 +100,9 @@ class TrainConfig:
     min_delta: float = 0.0
     seed: int = 1337
     device: str = "auto"
+    # Matrix multiplies in bf16 under autocast, or fp32 (models.device.resolve_precision);
+    # `auto` takes bf16 where the device has it natively. The weights stay fp32 either way.
+    precision: str = "auto"
     # Micro-batches per optimizer step, summed over all processes: the global batch is
     # batch_size * grad_accum_steps sequences whatever the number of processes, each of which
     # accumulates grad_accum_steps / world_size of them.
@@ -137,3 +141,7 @@ class TrainConfig:
         self.vocab_size = checked_vocab_size(self.tokenizer, self.vocab_size)
         if self.grad_accum_steps < 1:
             raise TrainingError("--grad-accum-steps must be at least 1")
+        if self.precision not in PRECISION_CHOICES:
+            raise TrainingError(
+                f"unknown precision {self.precision!r}; choose {', '.join(PRECISION_CHOICES)}"
+            )

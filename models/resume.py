@@ -123,11 +123,18 @@ def saved_state_meta(out: str | Path) -> dict[str, Any]:
     return json.loads(header_metadata(read_state_file(out))[STATE_META_KEY])
 
 
-def resumed_config(out: str | Path, device: str | None = None) -> TrainConfig:
-    """A resumed run takes its settings from the saved state; only the device may change."""
+def resumed_config(
+    out: str | Path, device: str | None = None, precision: str | None = None
+) -> TrainConfig:
+    """A resumed run takes its settings from the saved state; only the device and the
+    precision may change, the hardware's choices: the state holds fp32 weights and moments
+    whatever the precision, and `auto` picks it anew for the device the run continues on. (A
+    state saved before the setting existed resumes at `auto`.)"""
     saved = saved_state_meta(out)["config"]
     if device:
         saved["device"] = device
+    if precision:
+        saved["precision"] = precision
     return TrainConfig(**saved)
 
 

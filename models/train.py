@@ -34,7 +34,7 @@ from models.checkpoint import Model, atomic_write_json, load_checkpoint, save_ch
 from models.config import TrainConfig, TrainingError
 from models.data import TrainingData, get_batch
 from models.dataset import Dataset, cached_dataset, open_dataset
-from models.device import autocast_for, resolve_device
+from models.device import autocast_for, resolve_device, resolve_precision
 from models.distributed import (
     DistEnv,
     all_sum,
@@ -108,6 +108,7 @@ class Trainer:
             )
         self.local_accum = cfg.grad_accum_steps // self.dist.world_size
         self.device = join_process_group(self.dist, resolve_device(cfg.device))
+        self.precision = resolve_precision(cfg.precision, self.device)  # "fp32" or "bf16"
         try:
             self.prepare(resume)
         except BaseException:
@@ -240,13 +241,16 @@ class Trainer:
         record: dict[str, Any] = {
             "step": step,
             "train_loss": sampled_loss(
-                self.model, self.train_ids, cfg, cfg.seed, self.device, dist_env
+                self.model, self.train_ids, cfg, cfg.seed, self.device, self.precision, dist_env
             ),
             "val_loss": sampled_loss(
-                self.model, self.val_ids, cfg, cfg.seed + 1, self.device, dist_env
+                self.model, self.val_ids, cfg, cfg.seed + 1, self.device, self.precision, dist_env
             ),
             "lr": lr,
             "tokens_seen": self.state.tokens_seen,
+            # what these losses and the steps since the last evaluation ran in (a resumed run
+            # may change it)
+            "precision": self.precision,
         }
         record["gap"] = record["val_loss"] - record["train_loss"]
         if dist_env.is_main:  # the diagnostics below are only ever logged
@@ -323,7 +327,7 @@ class Trainer:
         bar = tqdm(
             total=cfg.max_steps,
             initial=state.step,
-            desc=f"train {cfg.model}",
+            desc=f"train {cfg.model} ({self.device.type}, {self.precision})",
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
             dynamic_ncols=True,
             disable=not self.dist.is_main,
@@ -382,7 +386,7 @@ class Trainer:
             last = slot == self.own_slots[-1]
             sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
             with sync:
-                with autocast_for(self.device):
+                with autocast_for(self.device, self.precision):
                     _, loss = train_model(x.to(self.device), y.to(self.device))
                 objective = self.model.training_objective(loss, cfg, len(self.train_ids))
                 (objective / self.local_accum).backward()
@@ -414,6 +418,7 @@ class Trainer:
                 self.state.tokens_seen / max(self.state.train_seconds, 1e-9)
             ),
             "device": str(self.device),
+            "precision": self.precision,  # the one used: cfg.precision may be `auto`
             "processes": self.dist.world_size,
             "torch_version": torch.__version__,
             "data_sha256": self.data_sha256,
@@ -431,6 +436,7 @@ class Trainer:
             },
             **model_metrics,
             "train_seconds": report["train_seconds"],
+            "precision": self.precision,
         }
         self.save_checkpoint(best, self.state.best_step, metrics)
         atomic_write_json(self.out / REPORT_FILE, report)

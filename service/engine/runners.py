@@ -173,13 +173,14 @@ class GPTRunner:
             span = None
         positions = torch.tensor([*lengths, *padding], device=self.device)
         tokens = torch.tensor([*token_ids, *padding], device=self.device)
-        if self.compiled and self.device.type == "cuda":
+        graphs = self.compiled and self.device.type == "cuda"
+        if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are done with
         logits = self.decode(tokens, self.cache, positions, span=span)  # (n + padding, V)
         for window, token in zip(self.windows, token_ids, strict=True):
             window.append(token)
-        # a copy: a CUDA graph's outputs are overwritten by its next replay
-        return logits[:n].to(torch.float32, copy=True)  # (n, V)
+        # a copy from a CUDA graph, whose outputs its next replay overwrites
+        return logits[:n].to(torch.float32, copy=graphs)  # (n, V)
 
     def span(self, longest: int) -> int:
         """The cache positions a step reads when the longest row holds `longest` tokens: its

@@ -11,6 +11,7 @@ from models.bigram import (
     empirical_table,
     table_cross_entropy,
 )
+from models.device import autocast_for
 from models.evaluation import full_pass_loss
 
 V = 11
@@ -50,6 +51,25 @@ def test_pair_count_loss_and_gradient_are_the_logits_cross_entropy():
     assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
     assert torch.allclose(fast, weight.grad, atol=1e-6)
     assert fast.abs().max() > 1e-3  # the gradient compared is not zero
+
+
+def test_bf16_autocast_leaves_the_bigrams_arithmetic_in_fp32():
+    # The table's loss, prior and gradient are a lookup, exps and sums, none of which autocast
+    # casts: trained under --precision bf16 the bigram computes exactly what it does in fp32,
+    # so its optimum and table-error targets hold at any precision, with no fp32 exception.
+    x, y = random_ids(512, seed=1).view(8, 64), random_ids(512, seed=2).view(8, 64)
+    results = []
+    for precision in ("fp32", "bf16"):
+        model = make("normal")
+        with autocast_for(torch.device("cpu"), precision):
+            _, loss = model(x, y)
+            objective = loss - 0.3 * model.dirichlet_log_prior()
+        objective.backward()
+        results.append((loss, objective, model.token_embedding_table.weight.grad))
+    (loss32, objective32, grad32), (loss16, objective16, grad16) = results
+    assert loss16.dtype == grad16.dtype == torch.float32
+    assert torch.equal(loss16, loss32) and torch.equal(objective16, objective32)
+    assert torch.equal(grad16, grad32) and grad32.abs().max() > 1e-3
 
 
 def test_prior_after_a_weight_update_is_not_a_stale_one():

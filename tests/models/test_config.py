@@ -40,3 +40,15 @@ def test_every_model_with_defaults_can_be_trained():
 def test_an_unknown_model_is_refused():
     with pytest.raises(TrainingError, match="unknown model 'lstm'; choose bigram or gpt"):
         TrainConfig(model="lstm", data="d", out="o")
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(TrainingError, match="unknown precision 'fp16'; choose auto, fp32, bf16"):
+        TrainConfig(model="gpt", data="d", out="o", precision="fp16")
+
+
+def test_the_command_line_refuses_an_unknown_precision(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", "gpt", "--data", "d", "--out", "o", "--precision", "x"])
+    assert exit_info.value.code == 2
+    assert "--precision: invalid choice: 'x'" in capsys.readouterr().err

@@ -7,10 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from models.checkpoint import load_checkpoint
+from models.cli import main
 from models.config import TrainConfig
-from models.resume import saved_state_meta
+from models.data import split_named
+from models.evaluation import full_pass_loss
+from models.resume import resumed_config, saved_state_meta
 from models.train import LOG_FILE, REPORT_FILE, Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +65,69 @@ def test_bigram_report_carries_its_diagnostics(small_corpus, tmp_path):
         report["val_loss"] - report["bigram_optimum_val_loss"]
     )
     assert "bigram_counts" in load_checkpoint(tmp_path).manifest
+
+
+# --precision bf16 on a CPU without native bf16 warns that it is slow, and still trains.
+bf16_anywhere = pytest.mark.filterwarnings("ignore:this cpu has no native bf16")
+
+
+@bf16_anywhere
+def test_a_bf16_run_trains_in_bf16_and_keeps_fp32_weights(small_corpus, tmp_path):
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        out = tmp_path / precision
+        cfg = config(small_corpus, out, "gpt", precision=precision, max_steps=40)
+        runs[precision] = (Trainer(cfg).train(), read_log(out), load_checkpoint(out))
+    report, log, checkpoint = runs["bf16"]
+    assert log[-1]["val_loss"] < log[0]["val_loss"] - 0.1
+    assert [r["precision"] for r in log] == ["bf16"] * 3
+    assert report["precision"] == checkpoint.manifest["metrics"]["precision"] == "bf16"
+    assert report["config"]["precision"] == checkpoint.manifest["training"]["precision"] == "bf16"
+    weights = checkpoint.model.state_dict().values()
+    assert all(w.dtype == torch.float32 for w in weights if w.is_floating_point())
+    # The same seed gives both runs the same weights at step 0: their estimates there differ by
+    # the precision alone, and their weights after training by the training's precision alone.
+    fp32_report, fp32_log, _ = runs["fp32"]
+    assert fp32_report["precision"] == "fp32"
+    assert log[0]["val_loss"] != fp32_log[0]["val_loss"]
+    assert log[0]["val_loss"] == pytest.approx(fp32_log[0]["val_loss"], abs=0.02)
+    assert report["val_loss"] != fp32_report["val_loss"]
+    assert report["val_loss"] == pytest.approx(fp32_report["val_loss"], abs=0.05)
+    # The reported val loss is the full pass in fp32 over the best weights, as served.
+    ids = torch.tensor(checkpoint.tokenizer.encode(small_corpus.read_text(encoding="utf-8")))
+    fp32_pass, _ = full_pass_loss(checkpoint.model, split_named(ids, "val"), 16)
+    assert report["val_loss"] == fp32_pass
+
+
+class Interrupted(Exception):
+    pass
+
+
+@bf16_anywhere
+def test_a_resumed_run_keeps_its_precision_or_takes_the_one_given(
+    small_corpus, tmp_path, monkeypatch, capsys
+):
+    train_step = Trainer.accumulate_gradients
+
+    def stop_at_step_30(trainer: Trainer) -> float:
+        if trainer.state.step == 30:  # the state was saved at step 20's evaluation
+            raise Interrupted
+        return train_step(trainer)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "accumulate_gradients", stop_at_step_30)
+        with pytest.raises(Interrupted):
+            Trainer(config(small_corpus, tmp_path, "gpt", precision="fp32", max_steps=40)).train()
+    assert resumed_config(tmp_path).precision == "fp32"  # not given: the saved one
+    assert resumed_config(tmp_path, precision="bf16").precision == "bf16"
+
+    assert main(["train", "gpt", "--out", str(tmp_path), "--resume", "--precision", "bf16"]) == 0
+    log = read_log(tmp_path)
+    assert [(r["step"], r["precision"]) for r in log] == [(0, "fp32"), (20, "fp32"), (40, "bf16")]
+    assert log[-1]["val_loss"] < log[1]["val_loss"]
+    report = json.loads((tmp_path / REPORT_FILE).read_text())
+    assert report["steps"] == 40 and report["precision"] == "bf16"
+    assert json.loads(capsys.readouterr().out)["steps"] == 40
 
 
 def test_plateau_stops_early(small_corpus, tmp_path):
