@@ -93,13 +93,15 @@ format: $(STAMP)
 # Generation speed: in process, the engine against full recompute (bench/results/engine.json)
 # and against transformers' generate and llama.cpp on the same weights, which need the
 # [interop] extra (bench/results/peers.json); then over HTTP against a server it starts,
-# 1/8/32/64 streaming clients, with the server's defaults (compiled where it can) and then
-# with the eager decode step (bench/results/http.json, http-eager.json).
+# 1/8/32 streaming clients of gpt-char, with the server's defaults (compiled where it can) and
+# then with the eager decode step, each beside the same requests in process
+# (bench/results/http.json, http-eager.json).
+HTTP_BENCH = $(PY) -m bench.http --model gpt-char --max-new-tokens 120 --concurrency 1 8 32 --in-process
 bench: $(INTEROP_STAMP)
 	$(PY) -m bench.engine --threads 1 --repeats 3
 	$(PY) -m bench.peers
-	$(PY) -m bench.http
-	$(PY) -m bench.http --decode eager --out bench/results/http-eager.json
+	$(HTTP_BENCH)
+	$(HTTP_BENCH) --decode eager --out bench/results/http-eager.json
 
 # One worker against two (one torch thread each), 32 streaming clients of the reference GPT
 # (bench/results/http-workers-1.json, http-workers-2.json).

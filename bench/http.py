@@ -1,6 +1,7 @@
 """Serving benchmark over HTTP: concurrent streaming clients against a real server.
 
     python -m bench.http [--model reference|gpt-char] [--concurrency 1 8 32 64] [--decode eager]
+                         [--in-process] [--repeats 3]
     python -m bench.http --workers 2 --concurrency 32    # `tinygpt serve --workers 2`
     python -m bench.http --url http://127.0.0.1:8000 --model gpt-char   # a server you run
 
@@ -14,8 +15,12 @@ with --workers N, it is N processes on the one port (TINYGPT_WORKERS).
 Each client sends `/v1/generate` requests with `stream: true` back to back; per request it
 records the time to first token (TTFT), the gaps between tokens (inter-token latency, ITL) and
 the end-to-end latency, the numbers serving benchmarks report, and which replica answered
-(`X-Replica-Id`: with several workers, how the requests spread). Results go to a JSON file and
-a markdown table on stdout.
+(`X-Replica-Id`: with several workers, how the requests spread). The clients are lean
+keep-alive HTTP/1.1 connections (see StreamingConnection): they share the server's cores.
+One untimed level at the highest concurrency warms the server up; then each level runs
+--repeats times and the median run counts. With --in-process the same requests then go to the
+same engine in this process (whole results, no HTTP), for the ratio the HTTP layer costs.
+Results go to a JSON file and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -278,10 +283,34 @@ def in_process(args: argparse.Namespace) -> list[dict]:
         prompt_ids = checkpoint.tokenizer.encode(args.prompt)
         asyncio.run(in_process_level(engine, prompt_ids, args, max(args.concurrency)))  # warm
         return [
-            asyncio.run(in_process_level(engine, prompt_ids, args, c)) for c in args.concurrency
+            median_run(
+                [
+                    asyncio.run(in_process_level(engine, prompt_ids, args, c))
+                    for _ in range(args.repeats)
+                ]
+            )
+            for c in args.concurrency
         ]
     finally:
         engine.stop()
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median output tokens/s (the lower middle one of an even number)."""
+    ordered = sorted(runs, key=lambda run: run["output_tokens_per_s"])
+    return ordered[(len(ordered) - 1) // 2] | {
+        "runs_tokens_per_s": [r["output_tokens_per_s"] for r in runs]
+    }
+
+
+def levels_over_http(args: argparse.Namespace) -> list[dict]:
+    """Every level --repeats times, the median run of each, after one untimed level at the
+    highest concurrency: the server's first requests set up what later ones reuse."""
+    asyncio.run(run_level(args, max(args.concurrency)))
+    return [
+        median_run([asyncio.run(run_level(args, c)) for _ in range(args.repeats)])
+        for c in args.concurrency
+    ]
 
 
 @contextmanager
@@ -391,6 +420,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each level; the median counts"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/http.json"))
     parser.add_argument(
         "--in-process",
@@ -402,11 +434,11 @@ def main() -> None:
         parser.error("--in-process compares with the one-process server this starts")
     started = os.getloadavg()
     if args.url:
-        rows = [asyncio.run(run_level(args, c)) for c in args.concurrency]
+        rows = levels_over_http(args)
     else:
         server = running_server(args.model, args.torch_threads, args.decode, args.workers)
         with server as args.url:
-            rows = [asyncio.run(run_level(args, c)) for c in args.concurrency]
+            rows = levels_over_http(args)
     if args.in_process:
         for row, alone in zip(rows, in_process(args), strict=True):
             row["in_process_tokens_per_s"] = alone["output_tokens_per_s"]

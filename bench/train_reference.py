@@ -7,12 +7,15 @@ side with nanoGPT's own CPU recipe.
 
 nanoGPT is not a dependency: its model (model.py), its optimizer set-up and its training loop
 (train.py) are restated below as they run on a CPU, at config/train_shakespeare_char.py with
-the CPU overrides of its README, and our trainer runs the same recipe on the same corpus. Both
-throughputs are tokens trained over the training loop's wall time, its evaluations and
-checkpoint writes included (what our trainer's `tokens_per_second` counts); both val losses
-are the full pass (`models.evaluation.full_pass_loss`: every target of the val split once, in
-windows of the block size) over the same split, the last 10% of the corpus, of the weights
-each run keeps: the best of its evaluations, as nanoGPT's `ckpt.pt` and our checkpoint are.
+the CPU overrides of its README, and our trainer runs the same recipe on the same corpus
+twice: at its default precision (`auto`: bf16 autocast where the CPU has native bf16, as
+nanoGPT trains wherever its device has bf16) and at `fp32`, nanoGPT's precision on a CPU.
+Every throughput is tokens trained over the training loop's wall time, its evaluations and
+checkpoint writes included (what our trainer's `tokens_per_second` counts); every val loss is
+the full pass in fp32 (`models.evaluation.full_pass_loss`: every target of the val split
+once, in windows of the block size) over the same split, the last 10% of the corpus, of the
+weights each run keeps: the best of its evaluations, as nanoGPT's `ckpt.pt` and our
+checkpoint are.
 `--iters` shortens the recipe for a quick check; the figures are the full 2000.
 
 With --only, the file's other sections are kept as they were.
@@ -66,6 +69,8 @@ NANOGPT_RECIPE = dict(
     weight_decay=1e-1, beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=250, eval_iters=20,
     log_interval=1, gradient_accumulation_steps=1, seed=1337,
 )  # fmt: skip
+# Our trainer's runs of nanoGPT's recipe, by result key: its default precision, and fp32.
+OURS = (("ours", "auto"), ("ours_fp32", "fp32"))
 # The trainer's defaults for the bigram (models/config.py MODEL_DEFAULTS).
 BIGRAM = dict(
     max_steps=3000, batch_size=64, block_size=256, learning_rate=0.1, min_lr_ratio=0.01,
@@ -395,6 +400,7 @@ def nanogpt_train(text: str, r: dict) -> dict:
     model.load_state_dict(best_state)
     val_full, _ = full_pass_loss(model, val_ids, block_size)
     return {
+        "precision": "fp32",  # its ctx: a nullcontext on a CPU
         "val_loss": val_full,
         "val_loss_estimate_at_best": best_val_loss,
         "best_iter": best_iter,
@@ -412,8 +418,9 @@ def nanogpt_train(text: str, r: dict) -> dict:
     }
 
 
-def ours_at_nanogpt_recipe(data: Path, r: dict) -> dict:
-    """Our trainer at the same recipe: every setting it shares with nanoGPT's, named ours."""
+def ours_at_nanogpt_recipe(data: Path, r: dict, precision: str) -> dict:
+    """Our trainer at the same recipe, every setting it shares with nanoGPT's named ours, in
+    `precision`."""
     load_at_start = os.getloadavg()
     settings = dict(
         n_layer=r["n_layer"], n_head=r["n_head"], n_embd=r["n_embd"], block_size=r["block_size"],
@@ -422,9 +429,13 @@ def ours_at_nanogpt_recipe(data: Path, r: dict) -> dict:
         warmup_steps=r["warmup_iters"], weight_decay=r["weight_decay"], grad_clip=r["grad_clip"],
         eval_interval=r["eval_interval"], eval_iters=r["eval_iters"],
         grad_accum_steps=r["gradient_accumulation_steps"], seed=r["seed"], tokenizer="char",
+        precision=precision,
     )  # fmt: skip
     report = train(data, "gpt", **settings)
-    keys = ("val_loss", "val_loss_sampled", "best_step", "steps", "tokens_seen", "parameters")
+    keys = (
+        "precision", "val_loss", "val_loss_sampled", "best_step", "steps", "tokens_seen",
+        "parameters",
+    )  # fmt: skip
     return {k: report[k] for k in keys} | {
         "train_seconds": report["train_seconds"],
         "tokens_per_second": report["tokens_per_second"],
@@ -449,7 +460,7 @@ def nanogpt_results(data: Path, iters: int | None) -> dict:
         theirs.pop("val_ids"), our_val
     ):
         raise RuntimeError("nanoGPT's prepared val split is not ours: the comparison is off")
-    ours = ours_at_nanogpt_recipe(data, recipe)
+    ours = {name: ours_at_nanogpt_recipe(data, recipe, precision) for name, precision in OURS}
     return {
         "recipe": recipe,
         "val_procedure": (
@@ -458,10 +469,13 @@ def nanogpt_results(data: Path, iters: int | None) -> dict:
         ),
         "throughput": "tokens trained / wall time of the training loop, evaluations included",
         "nanogpt": theirs,
-        "ours": ours,
-        "ours_over_nanogpt_tokens_per_second": round(
-            ours["tokens_per_second"] / theirs["tokens_per_second"], 2
-        ),
+        **ours,
+        **{
+            f"{name}_over_nanogpt_tokens_per_second": round(
+                run["tokens_per_second"] / theirs["tokens_per_second"], 2
+            )
+            for name, run in ours.items()
+        },
     }
 
 
@@ -495,13 +509,14 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     if "nanogpt_recipe" in results:
         side = results["nanogpt_recipe"]
-        print(
-            f"\nnanoGPT's CPU recipe ({side['recipe']['max_iters']} iterations): ours "
-            f"{side['ours']['tokens_per_second']:,} tokens/s, nanoGPT "
-            f"{side['nanogpt']['tokens_per_second']:,} tokens/s "
-            f"({side['ours_over_nanogpt_tokens_per_second']:.2f}x); full-pass val "
-            f"{side['ours']['val_loss']:.4f} ours, {side['nanogpt']['val_loss']:.4f} nanoGPT"
-        )
+        print(f"\nnanoGPT's CPU recipe ({side['recipe']['max_iters']} iterations):")
+        for name in ("nanogpt", *(name for name, _ in OURS if name in side)):
+            run = side[name]
+            ratio = run["tokens_per_second"] / side["nanogpt"]["tokens_per_second"]
+            print(
+                f"  {name:<9} {run['precision']:<4} {run['tokens_per_second']:>7,} tokens/s "
+                f"({ratio:.2f}x nanoGPT), full-pass val {run['val_loss']:.4f}"
+            )
 
 
 if __name__ == "__main__":
