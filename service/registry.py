@@ -122,7 +122,10 @@ class ModelRegistry:
         self.compile_decode, why = decode_path(self.settings, device)
         log.info("decode step: %s (TINYGPT_COMPILE_DECODE)", why)
         self.decode_dtype = decode_dtype(self.settings, device)
-        log.info("decode precision: %s (TINYGPT_DECODE_DTYPE)", str(self.decode_dtype)[6:])
+        log.info(
+            "decode precision: %s (TINYGPT_DECODE_DTYPE)",
+            str(self.decode_dtype).removeprefix("torch."),
+        )
         async with self.lifecycle:
             scan = await anyio.to_thread.run_sync(self.scan, {})
             if not scan.fresh:

@@ -89,7 +89,7 @@ class GPTRunner:
         window_keep: int,
         compile_decode: bool = False,
         dtype: torch.dtype | None = None,
-        batch_buckets: bool | None = None,
+        batch_buckets: bool = False,
     ):
         if not 1 <= window_keep <= model.block_size:
             raise ValueError(f"window_keep must be in 1..{model.block_size}, got {window_keep}")
@@ -103,11 +103,16 @@ class GPTRunner:
         self.cache = model.new_cache(capacity)
         self.device = self.cache.kv.device
         self.windows: list[list[int]] = []  # per row: the tokens its cache row holds, in order
-        self.compiled = compile_decode
-        self.decode = self.compiled_decode() if compile_decode else model.decode
         # Batch sizes padded up to powers of two: one CUDA graph per size (None: as they come).
         graphs = compile_decode and self.device.type == "cuda"
         self.buckets = batch_sizes(capacity) if graphs or batch_buckets else None
+        self.compiled = compile_decode
+        self.decode = self.compiled_decode() if compile_decode else model.decode
+
+    @property
+    def captured(self) -> bool:
+        """Whether the decode step runs as CUDA graphs (compiled, on CUDA)."""
+        return self.compiled and self.device.type == "cuda"
 
     def compiled_decode(self) -> Callable[..., torch.Tensor]:
         """The decode step is many small operations, so Python and dispatch overhead, not
@@ -117,11 +122,10 @@ class GPTRunner:
         which launch all of its kernels at once, reading the KV cache at a fixed address."""
         step = partial(self.model.decode, explicit_attention=True)
         if self.device.type == "cuda":
+            assert self.buckets is not None  # a compiled step on CUDA pads to them
             torch._dynamo.mark_static_address(self.cache.kv)
             limit = torch._dynamo.config.recompile_limit
-            torch._dynamo.config.recompile_limit = max(
-                limit, len(batch_sizes(self.cache.max_slots))
-            )
+            torch._dynamo.config.recompile_limit = max(limit, len(self.buckets))
             return torch.compile(step, mode="reduce-overhead", dynamic=False)
         return torch.compile(step, options={"cpp_wrapper": True})
 
@@ -168,19 +172,18 @@ class GPTRunner:
         padding: list[int] = []
         if self.buckets is not None:
             # Rows n.. are free: the padding's keys and values land there, unread, and a
-            # prefill overwrites them when a sequence joins.
+            # prefill overwrites them when a sequence joins. The whole block is read.
             padding = [0] * (next(b for b in self.buckets if b >= n) - n)
             span = None
         positions = torch.tensor([*lengths, *padding], device=self.device)
         tokens = torch.tensor([*token_ids, *padding], device=self.device)
-        graphs = self.compiled and self.device.type == "cuda"
-        if graphs:
+        if self.captured:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are done with
         logits = self.decode(tokens, self.cache, positions, span=span)  # (n + padding, V)
         for window, token in zip(self.windows, token_ids, strict=True):
             window.append(token)
         # a copy from a CUDA graph, whose outputs its next replay overwrites
-        return logits[:n].to(torch.float32, copy=graphs)  # (n, V)
+        return logits[:n].to(torch.float32, copy=self.captured)  # (n, V)
 
     def span(self, longest: int) -> int:
         """The cache positions a step reads when the longest row holds `longest` tokens: its
@@ -221,7 +224,7 @@ class GPTRunner:
         for n, span in shapes:
             tokens = torch.zeros(n, dtype=torch.long, device=self.device)
             positions = torch.zeros(n, dtype=torch.long, device=self.device)  # not `tokens`:
-            if self.compiled and self.device.type == "cuda":
+            if self.captured:
                 torch.compiler.cudagraph_mark_step_begin()
             self.decode(tokens, self.cache, positions, span=span)  # a graph would assume it
 
