@@ -49,12 +49,12 @@ import httpx
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.dataset import cache_root
 from models.gpt import GPT, GPTConfig
 from models.sampling import SamplingParams
-from service.engine import Engine, EngineConfig, GenerationRequest
-from service.engine.runners import compile_blocker
-from service.settings import Settings, torch_threads_for
+from service.engine import GenerationRequest
+from service.loaded_model import LoadedModel
+from service.registry import ModelRegistry
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_GPT = REPO / "checkpoints" / "gpt-char"
@@ -231,20 +231,19 @@ def write_checkpoint(model_name: str, root: Path) -> None:
     save_checkpoint(root / model_name, model, tokenizer, {})
 
 
-async def in_process_level(
-    engine: Engine, prompt_ids: list[int], args: argparse.Namespace, concurrency: int
-) -> dict:
+async def in_process_level(model: LoadedModel, args: argparse.Namespace, concurrency: int) -> dict:
     """The same requests as `run_level`'s clients send, to the same engine the server runs,
     in this process: each of `concurrency` tasks submits its requests one after another and
     takes each whole result at the end (no tokens handed over one by one)."""
     sampling = SamplingParams(temperature=1.0)
+    prompt_ids = model.prompt_ids(args.prompt)  # as /v1/generate reads the prompt
 
     async def client(tokens: list[int]) -> None:
         for i in range(args.requests_per_client):
             request = GenerationRequest(
                 prompt_ids, args.max_new_tokens, sampling, seed=i, stream_tokens=False
             )
-            completion = await engine.submit(request).collect()
+            completion = await model.engine.submit(request).collect()
             tokens.append(completion.usage.completion_tokens)
 
     tokens: list[int] = []
@@ -259,40 +258,32 @@ async def in_process_level(
 
 
 def in_process(args: argparse.Namespace) -> list[dict]:
-    """`in_process_level` at every concurrency, on an engine set up as `tinygpt serve` sets
-    up its own by default (its torch threads, its decode path, its inductor cache)."""
-    settings = Settings(torch_threads=args.torch_threads)
-    torch.set_num_threads(torch_threads_for(settings))
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
-    compiled = {
-        "default": compile_blocker(torch.device("cpu")) is None,
-        "eager": False,
-        "compiled": True,
-    }[args.decode]
+    """`in_process_level` at every concurrency, on the engine the started server runs: the
+    server's own ModelRegistry, with the settings that server gets (its torch threads, its
+    decode path, its inductor cache)."""
+    compile_decode = {"default": None, "eager": False, "compiled": True}[args.decode]
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(args.model, Path(tmp))
-        checkpoint = load_checkpoint(Path(tmp) / args.model)
-    engine = Engine(
-        checkpoint.model,
-        checkpoint.tokenizer,
-        EngineConfig(max_running=settings.max_running, compile_decode=compiled),
-    )
-    engine.start()
-    engine.warmed.wait()
-    try:
-        prompt_ids = checkpoint.tokenizer.encode(args.prompt)
-        asyncio.run(in_process_level(engine, prompt_ids, args, max(args.concurrency)))  # warm
-        return [
-            median_run(
-                [
-                    asyncio.run(in_process_level(engine, prompt_ids, args, c))
-                    for _ in range(args.repeats)
-                ]
-            )
-            for c in args.concurrency
-        ]
-    finally:
-        engine.stop()
+        settings = Settings(
+            checkpoints=tmp,
+            device="cpu",
+            compile_decode=compile_decode,
+            torch_threads=args.torch_threads,
+        )
+        registry = ModelRegistry(settings)
+        asyncio.run(registry.load())
+        model = registry.get(args.model)
+        model.engine.warmed.wait()
+        try:
+            asyncio.run(in_process_level(model, args, max(args.concurrency)))  # warm
+            return [
+                median_run(
+                    [asyncio.run(in_process_level(model, args, c)) for _ in range(args.repeats)]
+                )
+                for c in args.concurrency
+            ]
+        finally:
+            asyncio.run(registry.unload())
 
 
 def median_run(runs: list[dict]) -> dict:
