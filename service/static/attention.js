@@ -5,7 +5,7 @@
 
 import { el, showToken } from "./api.js";
 import { ForwardPassView } from "./forward-pass.js";
-import { sizedCanvas, viridis } from "./heatmap.js";
+import { gridCellAt, gridCellCenter, placeTooltip, sizedCanvas, viridis } from "./heatmap.js";
 
 const THUMB = 64; // px along each side of a small pattern
 
@@ -29,13 +29,11 @@ function paintWeights(ctx, w, x0, y0, cell) {
 export class AttentionView extends ForwardPassView {
   constructor(app) {
     super(app, "attn", "/v1/attention");
-    this.summary = document.getElementById("attn-summary");
     this.layerSelect = document.getElementById("attn-layer");
     this.headSelect = document.getElementById("attn-head");
     this.canvas = document.getElementById("attn-map");
     this.wrap = document.getElementById("attn-wrap");
     this.tooltip = document.getElementById("attn-tooltip");
-    this.readout = document.getElementById("attn-readout");
     this.grid = document.getElementById("attn-grid");
     this.bigramHasNone = "each prediction reads only the current token, so there is no attention to show.";
     this.gptsHave = "GPT models attend over their context";
@@ -170,17 +168,12 @@ export class AttentionView extends ForwardPassView {
   }
 
   cellCenter(i, j) {
-    const { margin, cell } = this.layout;
-    return { x: margin + (j + 0.5) * cell, y: margin + (i + 0.5) * cell };
+    return gridCellCenter(this.layout, i, j);
   }
 
   cellAt(event) {
     if (!this.layout) return null;
-    const box = this.canvas.getBoundingClientRect();
-    const { margin, cell, T } = this.layout;
-    const j = Math.floor((event.clientX - box.left - margin) / cell);
-    const i = Math.floor((event.clientY - box.top - margin) / cell);
-    return i >= 0 && j >= 0 && i < T && j < T ? [i, j] : null;
+    return gridCellAt(this.canvas, this.layout, this.layout.T, this.layout.T, event);
   }
 
   // -- reading cells ------------------------------------------------------------------------
@@ -194,16 +187,9 @@ export class AttentionView extends ForwardPassView {
     this.setCursor(at[0], at[1], true);
   }
 
-  key(event) {
-    if (!this.result) return;
-    const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
-    const move = moves[event.key];
-    if (!move) return;
-    event.preventDefault();
+  gridSize() {
     const T = this.result.tokens.length;
-    const [i, j] = this.cursor ?? [0, 0];
-    const clamp = (v) => Math.max(0, Math.min(T - 1, v));
-    this.setCursor(clamp(i + move[0]), clamp(j + move[1]), true);
+    return [T, T]; // reader by read token
   }
 
   setCursor(i, j, withTooltip) {
@@ -222,11 +208,6 @@ export class AttentionView extends ForwardPassView {
       el("br"),
       `layer ${this.layer}, head ${this.head}`,
     );
-    this.tooltip.hidden = false;
-    const { x, y } = this.cellCenter(i, j);
-    const left = Math.min(this.canvas.offsetLeft + x + 14, this.wrap.clientWidth - this.tooltip.offsetWidth - 4);
-    this.tooltip.style.left = `${Math.max(0, left)}px`;
-    const below = y + 14 + this.tooltip.offsetHeight <= this.canvas.offsetHeight;
-    this.tooltip.style.top = `${this.canvas.offsetTop + (below ? y + 14 : y - 14 - this.tooltip.offsetHeight)}px`;
+    placeTooltip(this.tooltip, this.canvas, this.wrap, this.cellCenter(i, j));
   }
 }

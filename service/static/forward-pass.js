@@ -6,7 +6,8 @@ import { ApiError, el, postJSON, showError } from "./api.js";
 export class ForwardPassView {
   /**
    * @param {object} app   the playground: `model()`, `models`, `context()`, `pickModel(id)`
-   * @param {string} name  the view's element ids: view-{name}, {name}-body, {name}-notice, {name}-error
+   * @param {string} name  the view's element ids: view-{name}, {name}-body, {name}-notice,
+   *                       {name}-error, {name}-summary, {name}-readout
    * @param {string} path  the API operation it draws
    */
   constructor(app, name, path) {
@@ -16,6 +17,8 @@ export class ForwardPassView {
     this.body = document.getElementById(`${name}-body`);
     this.notice = document.getElementById(`${name}-notice`);
     this.error = document.getElementById(`${name}-error`);
+    this.summary = document.getElementById(`${name}-summary`);
+    this.readout = document.getElementById(`${name}-readout`);
     this.result = null;
     this.asked = null; // the request body `result` answers, as JSON
     this.pending = null;
@@ -77,5 +80,18 @@ export class ForwardPassView {
       ),
     );
     this.notice.hidden = false;
+  }
+
+  /** The arrow keys move the cursor a cell over the view's grid of `gridSize()` [rows, cols]. */
+  key(event) {
+    if (!this.result) return;
+    const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+    const move = moves[event.key];
+    if (!move) return;
+    event.preventDefault();
+    const [rows, cols] = this.gridSize();
+    const [i, j] = this.cursor ?? [0, 0];
+    const clamp = (v, n) => Math.max(0, Math.min(n - 1, v));
+    this.setCursor(clamp(i + move[0], rows), clamp(j + move[1], cols), true);
   }
 }

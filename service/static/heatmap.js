@@ -32,6 +32,30 @@ export function sizedCanvas(canvas, width, height) {
   return ctx;
 }
 
+/** The centre, in CSS pixels, of cell (i, j) of a grid drawn `margin` pixels in from a canvas'
+ * corner, `cell` pixels a cell. */
+export function gridCellCenter({ margin, cell }, i, j) {
+  return { x: margin + (j + 0.5) * cell, y: margin + (i + 0.5) * cell };
+}
+
+/** The cell [i, j] of such a grid of `rows` x `cols` under a mouse `event` on `canvas`, or null. */
+export function gridCellAt(canvas, { margin, cell }, rows, cols, event) {
+  const box = canvas.getBoundingClientRect();
+  const j = Math.floor((event.clientX - box.left - margin) / cell);
+  const i = Math.floor((event.clientY - box.top - margin) / cell);
+  return i >= 0 && j >= 0 && i < rows && j < cols ? [i, j] : null;
+}
+
+/** Show `tooltip` by the point `{ x, y }` of `canvas`, inside `wrap`: right of and below it,
+ * above it where there is no room below. */
+export function placeTooltip(tooltip, canvas, wrap, { x, y }) {
+  tooltip.hidden = false; // first: its size is measured below
+  const left = Math.min(canvas.offsetLeft + x + 14, wrap.clientWidth - tooltip.offsetWidth - 4);
+  tooltip.style.left = `${Math.max(0, left)}px`;
+  const below = y + 14 + tooltip.offsetHeight <= canvas.offsetHeight;
+  tooltip.style.top = `${canvas.offsetTop + (below ? y + 14 : y - 14 - tooltip.offsetHeight)}px`;
+}
+
 /** The viridis colour of `t` in [0, 1], as [r, g, b]. */
 export function viridis(t) {
   const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
@@ -399,17 +423,12 @@ export class HeatmapView {
   }
 
   cellCenter(i, j) {
-    const { margin, cell } = this.layout;
-    return { x: margin + (j + 0.5) * cell, y: margin + (i + 0.5) * cell };
+    return gridCellCenter(this.layout, i, j);
   }
 
   cellAt(event) {
     if (!this.layout) return null;
-    const box = this.canvas.getBoundingClientRect();
-    const { margin, cell, rows, cols } = this.layout;
-    const j = Math.floor((event.clientX - box.left - margin) / cell);
-    const i = Math.floor((event.clientY - box.top - margin) / cell);
-    return i >= 0 && j >= 0 && i < rows && j < cols ? [i, j] : null;
+    return gridCellAt(this.canvas, this.layout, this.layout.rows, this.layout.cols, event);
   }
 
   // -- reading cells ------------------------------------------------------------------------
@@ -465,18 +484,11 @@ export class HeatmapView {
       row: i, col: j, rowId: rows.ids[i], colId: cols.ids[j], prob: p, empirical: e ?? "",
     });
     if (!withTooltip) return;
-    const { x, y } = this.cellCenter(i, j);
     this.tooltip.replaceChildren(
       Object.assign(document.createElement("strong"), { textContent: `P(${next} | ${current}) = ${formatProb(p)}` }),
       ...(e !== null ? [document.createElement("br"), `empirical ${formatProb(e)}`] : []),
     );
-    this.tooltip.hidden = false;
-    const offset = this.canvas.offsetLeft;
-    const left = Math.min(offset + x + 14, this.wrap.clientWidth - this.tooltip.offsetWidth - 4);
-    this.tooltip.style.left = `${Math.max(0, left)}px`;
-    const below = y + 14 + this.tooltip.offsetHeight <= this.canvas.offsetHeight;
-    const top = below ? y + 14 : y - 14 - this.tooltip.offsetHeight;
-    this.tooltip.style.top = `${this.canvas.offsetTop + top}px`;
+    placeTooltip(this.tooltip, this.canvas, this.wrap, this.cellCenter(i, j));
   }
 
   hideTooltip() {

@@ -19,10 +19,8 @@ function layerName(layer, last) {
 export class LogitLensView extends ForwardPassView {
   constructor(app) {
     super(app, "lens", "/v1/logit-lens");
-    this.summary = document.getElementById("lens-summary");
     this.topK = document.getElementById("lens-k");
     this.table = document.getElementById("lens-table");
-    this.readout = document.getElementById("lens-readout");
     this.bigramHasNone = "its prediction is its table row for the current token, with no layers in between.";
     this.gptsHave = "GPT models have layers to read predictions off";
     this.cursor = null; // [row, position]: row 0 is the output layer
@@ -84,15 +82,8 @@ export class LogitLensView extends ForwardPassView {
     Object.assign(this.table.dataset, { model: result.model, layers: layers.length, positions: tokens.length });
   }
 
-  key(event) {
-    if (!this.result) return;
-    const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
-    const move = moves[event.key];
-    if (!move) return;
-    event.preventDefault();
-    const [row, t] = this.cursor ?? [0, 0];
-    const clamp = (v, n) => Math.max(0, Math.min(n - 1, v));
-    this.setCursor(clamp(row + move[0], this.result.layers.length), clamp(t + move[1], this.result.tokens.length));
+  gridSize() {
+    return [this.result.layers.length, this.result.tokens.length]; // layer rows by position
   }
 
   /** Show the top k of the cell at `row` (0: the output layer) and position `t`. */
