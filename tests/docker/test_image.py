@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -108,20 +108,34 @@ def must(result: subprocess.CompletedProcess[str], what: str) -> str:
     return result.stdout
 
 
+def wait_until(done: Callable[[], bool], within_s: float, failure: Callable[[], str]) -> None:
+    """Ask `done` every 2 s until it holds; after `within_s` seconds fail with `failure()`.
+    `done` may fail the test itself, at once, for a state that will not come right."""
+    deadline = time.monotonic() + within_s
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(failure())
+        time.sleep(2)
+
+
 def wait_healthy(stack: Stack) -> None:
     """Until Docker's health check passes; a crash, a restart or `unhealthy` fails at once."""
-    deadline = time.monotonic() + HEALTHY_WITHIN_S
-    while True:
+
+    def healthy() -> bool:
         inspect = run(["docker", "inspect", "--format", "{{json .State}}", stack.container])
         state = json.loads(must(inspect, "docker inspect"))
         health = state["Health"]["Status"]
         if health == "healthy":
-            return
+            return True
         if health == "unhealthy" or not state["Running"] or state["Restarting"]:
             pytest.fail(f"the api container is {health} ({state['Status']}):\n{stack.logs()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no healthy api container after {HEALTHY_WITHIN_S} s:\n{stack.logs()}")
-        time.sleep(2)
+        return False
+
+    wait_until(
+        healthy,
+        HEALTHY_WITHIN_S,
+        lambda: f"no healthy api container after {HEALTHY_WITHIN_S} s:\n{stack.logs()}",
+    )
 
 
 @pytest.fixture(scope="module")

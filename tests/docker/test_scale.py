@@ -28,6 +28,7 @@ from tests.docker.test_image import (
     must,
     prepare_docker,
     run,
+    wait_until,
 )
 
 pytestmark = pytest.mark.docker
@@ -84,16 +85,18 @@ def replica_ids(stack: ScaleStack, count: int) -> Counter[str | None]:
 
 def wait_until_both_routed(stack: ScaleStack) -> None:
     """Until the balancer sends requests to every replica (each one's /ready said 200)."""
-    deadline = time.monotonic() + HEALTHY_WITHIN_S
-    while True:
+
+    def routed() -> bool:
         try:
-            if len(set(replica_ids(stack, 2 * REPLICAS)) - {None}) == REPLICAS:
-                return
+            return len(set(replica_ids(stack, 2 * REPLICAS)) - {None}) == REPLICAS
         except httpx.HTTPError:
-            pass  # the balancer is not listening yet
-        if time.monotonic() > deadline:
-            pytest.fail(f"the balancer did not reach {REPLICAS} replicas:\n{stack.logs()}")
-        time.sleep(2)
+            return False  # the balancer is not listening yet
+
+    wait_until(
+        routed,
+        HEALTHY_WITHIN_S,
+        lambda: f"the balancer did not reach {REPLICAS} replicas:\n{stack.logs()}",
+    )
 
 
 @pytest.fixture(scope="module")
