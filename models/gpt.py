@@ -396,8 +396,8 @@ class GPT(nn.Module):
         re-prefills a shorter window first). Returns next-token logits (B, V).
         `span`: how many cache positions attention reads, more than every position (None:
         block_size). Reading the cache is most of a batched step's memory traffic, so the
-        caller passes the longest row's length, rounded up to a few sizes so that a compiled
-        step sees few shapes. `explicit_attention`: see CausalSelfAttention.decode.
+        caller passes the longest row's length, rounded up a little (to whole vectors).
+        `explicit_attention`: see CausalSelfAttention.decode.
         """
         x = self.embed(idx, positions)  # (B, C): one token per row, no time axis
         slot_positions = torch.arange(span or self.config.block_size, device=idx.device)

@@ -24,8 +24,7 @@ from models.bigram import BigramLanguageModel
 from models.gpt import GPT
 
 # Attention in a decode step reads the cache up to the longest row, rounded up to a multiple
-# of this: a compiled step sees a few shapes instead of one per length, and each read is whole
-# vectors.
+# of this, so that each row's read is whole vectors; one compiled graph serves every span.
 SPAN_STEP = 16
 
 
