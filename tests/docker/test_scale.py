@@ -16,6 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import httpx
 import pytest
@@ -130,6 +131,27 @@ def test_requests_reach_both_replicas(stack: ScaleStack):
     seen = replica_ids(stack, 20)
     assert None not in seen and len(seen) == REPLICAS, seen
     assert min(seen.values()) >= 5, seen  # round robin
+
+
+def docker_time(stamp: str) -> datetime:
+    """A time from `docker inspect` (RFC 3339, nanoseconds, Z), to the microsecond."""
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{seconds}.{fraction[:6]:0<6}+00:00")
+
+
+def test_only_the_seed_copies_the_checkpoints_into_the_volume(stack: ScaleStack):
+    """Docker copies the image's checkpoints into the empty volume as each container that mounts
+    it is created, and containers created at once race: one failed in CI with "mkdir
+    .../gpt-char: file exists" (moby/moby#43068). The seed copies, once, and exits 0 before
+    any replica is created; the replicas mount the volume read-only and never copy."""
+    [seed] = must(stack.run("ps", "-a", "-q", "seed"), "docker-compose ps").split()
+    state = json.loads(inspect(seed, "{{json .State}}"))
+    assert state["ExitCode"] == 0 and state["Status"] == "exited", state
+    for replica in stack.containers():
+        assert docker_time(inspect(replica, "{{.Created}}")) > docker_time(state["FinishedAt"])
+        mounts = json.loads(inspect(replica, "{{json .HostConfig.Mounts}}"))
+        [checkpoints] = [m for m in mounts if m["Target"] == "/app/checkpoints"]
+        assert checkpoints["ReadOnly"] and checkpoints["VolumeOptions"]["NoCopy"], checkpoints
 
 
 def test_the_rate_limit_holds_across_replicas(stack: ScaleStack):
