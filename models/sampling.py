@@ -163,12 +163,12 @@ class BatchParams:
 def sample_batch(
     logits: torch.Tensor,
     params: BatchParams,
-    u: torch.Tensor,
+    u: torch.Tensor | None,
     seen: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Choose the next token of every row of `logits` (B, V) with the uniforms `u` (B,)
-    float64 on its device; returns (B,) ids.
+    float64 on its device (None only when every row is greedy); returns (B,) ids.
 
     Every step of every row costs exactly one uniform, greedy rows included, and every
     operation works row by row: a row's choice never depends on the other rows.
@@ -185,6 +185,8 @@ def sample_batch(
         logits = logits + params.logit_bias
     if params.all_greedy:  # the draws would be discarded: the same ids, without them
         return logits.argmax(dim=-1)
+    if u is None:
+        raise ValueError("sampling at a temperature above 0 needs the rows' uniforms")
     scaled = scale_by_temperature(logits, params.temperature) if params.scaling else logits
     # Unnormalised is fine: `draw` scales its uniform by each row's total.
     probs = F.softmax(scaled, dim=-1)  # (B, V)

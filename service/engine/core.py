@@ -318,8 +318,9 @@ class Engine:
         if not parts:
             return
         logits = parts[0] if len(parts) == 1 else torch.cat(parts)
-        token_ids, failures = self.sample(logits)
-        logprobs, tops = self.model_logprobs(logits, token_ids)
+        ids, failures = self.sample(logits)
+        token_ids = ids.tolist()
+        logprobs, tops = self.model_logprobs(logits, ids)
 
         now = time.perf_counter()
         ended: list[int] = []
@@ -399,13 +400,12 @@ class Engine:
             self.metrics.running = len(self.rows)
         return logits
 
-    def sample(self, logits: torch.Tensor) -> tuple[list[int], dict[int, Exception]]:
-        """Next token of every row, and the rows whose sampling failed (their token is a
-        placeholder). A failed batch is sampled again row by row: a row's uniform counts as
-        used only once its token is chosen, so each row alone gets exactly the token it gets
-        in a batch."""
+    def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, dict[int, Exception]]:
+        """Next token of every row, (n,) ids, and the rows whose sampling failed (their token
+        is a placeholder). A failed batch is sampled again row by row: a row's uniform counts
+        as used only once its token is chosen, so each row alone gets exactly the token it
+        gets in a batch."""
         n = logits.size(0)
-        u = self.uniforms[:n].gather(1, self.uniforms_used[:n, None])[:, 0].to(self.device)
         try:
             if self.batch_params is None:
                 self.batch_params = BatchParams.stack(
@@ -413,23 +413,30 @@ class Engine:
                 )
                 self.top_logprobs = max(s.request.top_logprobs for s in self.rows)
             params = self.batch_params
+            # An all-greedy batch draws on no uniform (each row still uses up one, below).
+            u = None if params.all_greedy else self.next_uniforms(n)
             ids = sample_batch(logits, params, u, self.seen[:n], self.counts[:n])
-            rows = torch.arange(n, device=self.device)
-            if params.penalizing:
-                self.seen[rows, ids] = True
-            if params.counting:
-                self.counts[rows, ids] += 1
-            token_ids, failures = ids.tolist(), dict[int, Exception]()
+            if params.penalizing or params.counting:
+                rows = torch.arange(n, device=self.device)
+                if params.penalizing:
+                    self.seen[rows, ids] = True
+                if params.counting:
+                    self.counts[rows, ids] += 1
+            failures = dict[int, Exception]()
         except Exception:
             logger.exception("sampling %d rows failed; sampling them one by one", n)
             self.batch_params = None
-            token_ids, failures = self.sample_one_by_one(logits, u)
+            ids, failures = self.sample_one_by_one(logits, self.next_uniforms(n))
         self.used_uniforms(n)
-        return token_ids, failures
+        return ids, failures
+
+    def next_uniforms(self, n: int) -> torch.Tensor:
+        """The uniform each of rows 0..n-1 draws on this step, (n,) on the model's device."""
+        return self.uniforms[:n].gather(1, self.uniforms_used[:n, None])[:, 0].to(self.device)
 
     def sample_one_by_one(
         self, logits: torch.Tensor, u: torch.Tensor
-    ) -> tuple[list[int], dict[int, Exception]]:
+    ) -> tuple[torch.Tensor, dict[int, Exception]]:
         token_ids: list[int] = []
         failures: dict[int, Exception] = {}
         for row, state in enumerate(self.rows):
@@ -444,7 +451,7 @@ class Engine:
                 failures[row] = err
                 token_ids.append(0)
         self.top_logprobs = max(s.request.top_logprobs for s in self.rows)
-        return token_ids, failures
+        return torch.tensor(token_ids, device=self.device), failures
 
     def used_uniforms(self, n: int) -> None:
         """Rows 0..n-1 used one uniform each: refill the rows that used their last one."""
@@ -462,12 +469,11 @@ class Engine:
         self.uniforms_used[row] = 0
 
     def model_logprobs(
-        self, logits: torch.Tensor, token_ids: list[int]
+        self, logits: torch.Tensor, ids: torch.Tensor
     ) -> tuple[list[float], TopCandidates | None]:
-        """The model's log-probability of each row's token, and its most likely tokens if any
-        row asked for them."""
+        """The model's log-probability of each row's token `ids` (n,), and its most likely
+        tokens if any row asked for them."""
         logprobs = logits.float().log_softmax(dim=-1)  # (n, V), the model's own distribution
-        ids = torch.tensor(token_ids, device=logits.device)
         chosen = logprobs.gather(1, ids[:, None])[:, 0].nan_to_num_(LOGPROB_FLOOR, 0, LOGPROB_FLOOR)
         tops = None
         if self.top_logprobs:

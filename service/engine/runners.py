@@ -181,8 +181,10 @@ class GPTRunner:
         logits = self.decode(tokens, self.cache, positions, span=span)  # (n + padding, V)
         for window, token in zip(self.windows, token_ids, strict=True):
             window.append(token)
+        if padding:
+            logits = logits[:n]
         # a copy from a CUDA graph, whose outputs its next replay overwrites
-        return logits[:n].to(torch.float32, copy=self.captured)  # (n, V)
+        return logits.to(torch.float32, copy=self.captured)  # (n, V)
 
     def span(self, longest: int) -> int:
         """The cache positions a step reads when the longest row holds `longest` tokens: its

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from models.sampling import (
@@ -5,6 +6,7 @@ from models.sampling import (
     SamplingParams,
     penalize_counts,
     removed_by_filters,
+    sample_batch,
     sample_next,
     scale_by_temperature,
     seeded_generator,
@@ -120,3 +122,12 @@ def test_penalties_and_bias_are_batch_invariant():
         for i in range(6)
     ]
     assert together.tolist() == alone
+
+
+def test_an_all_greedy_batch_needs_no_uniforms_and_any_other_does():
+    logits = logits_batch()
+    greedy = BatchParams.stack([SamplingParams(temperature=0.0)] * 4, "cpu", V)
+    assert torch.equal(sample_batch(logits, greedy, None), logits.argmax(dim=-1))
+    mixed = BatchParams.stack([SamplingParams(temperature=0.0), SamplingParams()] * 2, "cpu", V)
+    with pytest.raises(ValueError, match="uniforms"):
+        sample_batch(logits, mixed, None)

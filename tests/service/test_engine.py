@@ -169,6 +169,25 @@ async def test_seeded_text_is_the_same_alone_and_among_31_others(engine: Engine)
     assert len({c.text for c in together}) > 20  # the seeds do matter
 
 
+async def test_seeded_text_is_the_same_among_greedy_requests_that_come_and_go(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+):
+    """Steps whose rows are all greedy skip the uniforms; a seeded row that runs through such
+    steps, joining them and outliving them, still gets its solo text."""
+    probe = request(
+        "the cat", 2 * engine_core.UNIFORMS_AHEAD + 5, sampling=SamplingParams(), seed=11
+    )
+    alone = (await engine.submit(probe).collect()).text
+    greedy = [request("a dog"[: 1 + i], 10 + 20 * i, sampling=GREEDY) for i in range(4)]
+    solo_greedy = [(await engine.submit(r).collect()).text for r in greedy]
+    first = [engine.submit(r) for r in greedy]
+    await asyncio.sleep(0.05)  # a few all-greedy steps before the probe joins
+    streams = [*first, engine.submit(probe)]
+    results = [c.text for c in await asyncio.gather(*(s.collect() for s in streams))]
+    assert results == [*solo_greedy, alone]
+    assert "sampling them one by one" not in caplog.text  # the batch path took every step
+
+
 async def test_the_same_request_twice_gives_the_same_text(engine: Engine):
     req = request("the", 30, sampling=SamplingParams(temperature=1.0), seed=3)
     first, second = [await engine.submit(req).collect() for _ in range(2)]
