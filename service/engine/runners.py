@@ -22,6 +22,7 @@ import torch
 
 from models.bigram import BigramLanguageModel
 from models.gpt import GPT
+from service.engine.aot import aot_decode_step, decode_step_folder
 
 # Attention in a decode step reads the cache up to the longest row, rounded up to a multiple
 # of this, so that each row's read is whole vectors; one compiled graph serves every span.
@@ -106,27 +107,28 @@ class GPTRunner:
         graphs = compile_decode and self.device.type == "cuda"
         self.buckets = batch_sizes(capacity) if graphs or batch_buckets else None
         self.compiled = compile_decode
-        self.decode = self.compiled_decode() if compile_decode else model.decode
+        # Eager until warm_up builds the compiled step (on CUDA, compiles it at its first calls).
+        self.decode: Callable[..., torch.Tensor] = model.decode
+        if self.captured:
+            self.decode = self.graphed_decode()
 
     @property
     def captured(self) -> bool:
         """Whether the decode step runs as CUDA graphs (compiled, on CUDA)."""
         return self.compiled and self.device.type == "cuda"
 
-    def compiled_decode(self) -> Callable[..., torch.Tensor]:
-        """The decode step is many small operations, so Python and dispatch overhead, not
-        arithmetic, bound it; compiling fuses them (prefill stays eager: it runs rarely). On
-        CPU the C++ wrapper calls the compiled kernels without a Python line per kernel; on
-        CUDA the step is captured in CUDA graphs (one per padded batch size, see `buckets`),
-        which launch all of its kernels at once, reading the KV cache at a fixed address."""
+    def graphed_decode(self) -> Callable[..., torch.Tensor]:
+        """The decode step is many small operations, so launch overhead, not arithmetic,
+        bounds it. On CUDA it is compiled and captured in CUDA graphs (one per padded batch
+        size, see `buckets`), which launch all of its kernels at once, reading the KV cache at
+        a fixed address. (On the CPU, warm_up compiles it ahead of time: see
+        service.engine.aot.) Prefill stays eager: it runs rarely."""
+        assert self.buckets is not None  # a compiled step on CUDA pads to them
+        torch._dynamo.mark_static_address(self.cache.kv)
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, len(self.buckets))
         step = partial(self.model.decode, explicit_attention=True)
-        if self.device.type == "cuda":
-            assert self.buckets is not None  # a compiled step on CUDA pads to them
-            torch._dynamo.mark_static_address(self.cache.kv)
-            limit = torch._dynamo.config.recompile_limit
-            torch._dynamo.config.recompile_limit = max(limit, len(self.buckets))
-            return torch.compile(step, mode="reduce-overhead", dynamic=False)
-        return torch.compile(step, options={"cpp_wrapper": True})
+        return torch.compile(step, mode="reduce-overhead", dynamic=False)
 
     def fit(self, tokens: list[int]) -> list[int]:
         """The window of `tokens` the model attends to: all of them while they fit in
@@ -194,12 +196,14 @@ class GPTRunner:
         return min(self.block_size, (longest // SPAN_STEP + 1) * SPAN_STEP)
 
     def warm_up(self) -> str | None:
-        """Run the decode step for one row and for two, each at two spans, so that a compiled
-        step is compiled now (a graph for one row and one for any larger batch, each for any
-        span) and not while the first requests wait. Rows 0 and 1 are free at this point and
-        get overwritten. If the step does not compile, decoding goes on eagerly and the reason
-        is returned."""
+        """Compile the decode step now, not while the first requests wait: on the CPU, load
+        or build its ahead-of-time package; on CUDA, record a graph per padded batch size.
+        Then run it for one row and for two, each at two spans (rows 0 and 1 are free at this
+        point and get overwritten). If the step does not compile, decoding goes on eagerly
+        and the reason is returned."""
         try:
+            if self.compiled and not self.captured:
+                self.decode = aot_decode_step(self.model, self.cache, decode_step_folder())
             self.run_decode_shapes()
         except Exception as err:
             if not self.compiled:
@@ -210,7 +214,7 @@ class GPTRunner:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             return (
                 f"could not compile the decode step ({reason}); decoding eagerly. On CPU "
-                "torch.compile needs a working C++ compiler (g++) and torch's headers"
+                "inductor needs a working C++ compiler (g++) and torch's and Python's headers"
             )
         return None
 

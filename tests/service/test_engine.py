@@ -6,6 +6,7 @@ import asyncio
 import math
 import string
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,15 +117,13 @@ async def test_a_compiled_decode_step_gives_the_eager_text(gpt: GPT):
 
 
 async def test_a_decode_step_that_does_not_compile_falls_back_to_eager_and_says_why(
-    gpt: GPT, monkeypatch: pytest.MonkeyPatch
+    gpt: GPT, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):
-    def compile_that_fails(fn: object, **options: object) -> object:
-        def compiled(*args: object, **kwargs: object) -> object:
-            raise RuntimeError("C++ compile error\ng++: not found")
+    def compile_that_fails(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("C++ compile error\ng++: not found")
 
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", compile_that_fails)
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))  # no package built before
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_that_fails)
     engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=2, compile_decode=True))
     try:
         engine.start()

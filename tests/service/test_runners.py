@@ -1,4 +1,4 @@
-"""The GPT runner's decode step: the attention span it reads, and its compiled graphs."""
+"""The GPT runner's decode step: the attention span it reads, and its compiled forms."""
 
 from pathlib import Path
 
@@ -7,6 +7,8 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.gpt import GPT, GPTConfig
+from service.engine import aot
+from service.engine.aot import AOTDecodeStep
 from service.engine.runners import SPAN_STEP, GPTRunner, compile_blocker
 
 BLOCK = 40
@@ -25,28 +27,75 @@ def test_a_step_reads_past_the_longest_row_in_whole_span_steps_within_the_block(
     assert runner.span(BLOCK - 1) == BLOCK  # 48 would pass the block
 
 
-@pytest.mark.skipif(
+needs_compiler = pytest.mark.skipif(
     compile_blocker(torch.device("cpu")) is not None, reason="no C++ compiler for inductor"
 )
+
+
+@needs_compiler
 @torch.inference_mode()
-def test_after_warm_up_the_compiled_step_compiles_nothing_new_at_any_batch_or_length(
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_ahead_of_time_step_decodes_any_batch_at_any_length_as_the_model_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):
-    """Every graph the step needs is built by warm_up: decoding batches of 1 to 5 rows at
-    lengths across the whole block afterwards must not recompile (which would stall the
-    requests of that step for seconds)."""
+    """One package, built at warm-up, serves batches of 1 to 5 rows at lengths across the
+    whole block and past it (re-prefills), each step's logits those of the model recomputing
+    the tokens its cache rows hold."""
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
     model = tiny_gpt()
     runner = GPTRunner(model, capacity=5, window_keep=BLOCK // 2, compile_decode=True)
     assert runner.warm_up() is None and runner.compiled
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    assert isinstance(runner.decode, AOTDecodeStep)
+    assert runner.decode.path.parent == tmp_path / "decode-steps" and runner.decode.path.exists()
     for rows in (1, 5, 2):
         runner.truncate(0)
         logits = runner.start([[1, 2, 3]] * rows)
-        for _ in range(BLOCK + 5):  # through the block, and past it (re-prefills)
+        for _ in range(BLOCK + 5):
             logits = runner.advance(logits.argmax(-1).tolist())
-            # what the model gives on the tokens each cache row holds, recomputed
             expected = model(torch.tensor(runner.windows))[0][:, -1]
             torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+@needs_compiler
+@torch.inference_mode()
+def test_a_built_step_is_loaded_again_and_other_weights_get_a_package_of_their_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
+    model = tiny_gpt()
+    GPTRunner(model, capacity=3, window_keep=BLOCK // 2, compile_decode=True).warm_up()
+    built = list((tmp_path / "decode-steps").iterdir())
+    assert [p.suffix for p in built] == [".pt2"]  # and no half-written file left beside it
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(aot, "build", no_build)
+    again = GPTRunner(model, capacity=3, window_keep=BLOCK // 2, compile_decode=True)
+    assert again.warm_up() is None and isinstance(again.decode, AOTDecodeStep)
+    assert again.decode.path == built[0]
+
+    other = tiny_gpt()
+    other.lm_head.weight.data.add_(0.01)  # the tied embedding: other weights, same shapes
+    assert aot.package_name(other, 3) != built[0].name
+    assert aot.package_name(model, 4) != built[0].name  # another largest batch too
+
+
+@needs_compiler
+@torch.inference_mode()
+def test_a_package_that_does_not_load_is_built_anew(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
+    model = tiny_gpt()
+    cache = model.new_cache(2)
+    path = aot.decode_step_folder() / aot.package_name(model, 2)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a package")
+    step = aot.aot_decode_step(model, cache, aot.decode_step_folder())
+    tokens, positions = torch.tensor([1, 2]), torch.tensor([0, 0])
+    torch.testing.assert_close(
+        step(tokens, cache, positions, span=16), model.decode(tokens, cache, positions, span=16)
+    )
 
 
 @torch.inference_mode()
