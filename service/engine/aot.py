@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,11 @@ from models.dataset import cache_root
 from models.gpt import GPT, KVCache
 
 log = logging.getLogger(__name__)
+
+# torch.export keeps its tracing state in globals: two engines exporting at once (each in its
+# own decode thread) break each other's trace ("ProxyTorchDispatchMode slot already
+# occupied"), so engines build, and load, one at a time.
+BUILDING = threading.Lock()
 
 
 class ExportedDecode(nn.Module):
@@ -125,14 +131,19 @@ def aot_decode_step(model: GPT, cache: KVCache, folder: Path) -> AOTDecodeStep:
     """The compiled step for `model` on `cache`: loaded from `folder` when built before,
     else built there first (tens of seconds). A package that does not load is built anew."""
     path = folder / package_name(model, cache.max_slots)
-    if path.exists():
-        try:
-            return AOTDecodeStep(
-                torch._inductor.aoti_load_package(str(path)), path, model.block_size
-            )
-        except Exception as err:
-            log.warning(
-                "the compiled decode step in %s did not load (%s); building it anew", path, err
-            )
-    build(model, cache, path)
+    # One at a time, looking included: an engine that waited for another engine of the same
+    # model to build then finds the package there.
+    with BUILDING:
+        if path.exists():
+            try:
+                return load(path, model)
+            except Exception as err:
+                log.warning(
+                    "the compiled decode step %s did not load (%s); building it anew", path, err
+                )
+        build(model, cache, path)
+    return load(path, model)
+
+
+def load(path: Path, model: GPT) -> AOTDecodeStep:
     return AOTDecodeStep(torch._inductor.aoti_load_package(str(path)), path, model.block_size)

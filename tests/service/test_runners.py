@@ -1,5 +1,6 @@
 """The GPT runner's decode step: the attention span it reads, and its compiled forms."""
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,35 @@ def test_a_built_step_is_loaded_again_and_other_weights_get_a_package_of_their_o
     other.lm_head.weight.data.add_(0.01)  # the tied embedding: other weights, same shapes
     assert aot.package_name(other, 3) != built[0].name
     assert aot.package_name(model, 4) != built[0].name  # another largest batch too
+
+
+@needs_compiler
+def test_engines_warming_up_at_once_each_get_their_compiled_step(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """As the server's engines do, each in its own thread: two models, and a second engine
+    of the first, all compiled (torch.export's tracing state is global: see aot.BUILDING)."""
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
+    first, second = tiny_gpt(), tiny_gpt()
+    second.lm_head.weight.data.add_(0.01)
+    runners = [
+        GPTRunner(model, capacity=3, window_keep=BLOCK // 2, compile_decode=True)
+        for model in (first, second, first)
+    ]
+    problems: list[str | None] = []
+
+    def warm_up(runner: GPTRunner) -> None:
+        with torch.inference_mode():
+            problems.append(runner.warm_up())
+
+    threads = [threading.Thread(target=warm_up, args=(r,)) for r in runners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert problems == [None, None, None]
+    assert all(isinstance(r.decode, AOTDecodeStep) for r in runners)
+    assert len(list((tmp_path / "decode-steps").iterdir())) == 2
 
 
 @needs_compiler
