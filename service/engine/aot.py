@@ -7,8 +7,9 @@ called directly. The step is exported once with the batch size and the attention
 dynamic sizes, so one package serves every batch and length.
 
 A package holds the model's weights as constants, so it is built for one model: its name is a
-hash of the weights, the config, the largest batch and the torch version. It is written
-atomically under the cache folder, where a restart loads it in a fraction of a second.
+hash of the weights, the config, the largest batch and the torch version. It is built in a
+child process (torch.export patches globals that every other model in the server uses while
+it traces) and written atomically under the cache folder, where a restart loads it.
 """
 
 from __future__ import annotations
@@ -18,23 +19,27 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
 import torch
+from safetensors.torch import load as load_safetensors
 from torch import nn
 from torch._inductor.package.package import AOTICompiledModel
 
+from models.checkpoint import load_weights, tensors_to_bytes
 from models.dataset import cache_root
-from models.gpt import GPT, KVCache
+from models.gpt import GPT, GPTConfig, KVCache
 
 log = logging.getLogger(__name__)
 
-# torch.export keeps its tracing state in globals: two engines exporting at once (each in its
-# own decode thread) break each other's trace ("ProxyTorchDispatchMode slot already
-# occupied"), so engines build, and load, one at a time.
+# Engines build, and load, one at a time: an engine that waited for another engine of the same
+# model to build then finds the package there, and builds do not share two cores.
 BUILDING = threading.Lock()
+BUILD_TIMEOUT_S = 900
 
 
 class ExportedDecode(nn.Module):
@@ -100,9 +105,10 @@ def package_name(model: GPT, capacity: int) -> str:
     return f"decode-{digest.hexdigest()[:32]}.pt2"
 
 
-def build(model: GPT, cache: KVCache, path: Path) -> None:
-    """Export the decode step with dynamic batch and span, compile it, write it to `path`."""
-    capacity, block_size = cache.max_slots, model.block_size
+def export_and_compile(model: GPT, capacity: int, package_path: str) -> None:
+    """Export the decode step with dynamic batch and span and compile it into a package."""
+    block_size = model.block_size
+    cache = model.new_cache(capacity)
     rows = min(2, capacity)  # an example of 1 would make the batch size a constant 1
     example = (
         torch.zeros(rows, dtype=torch.long),
@@ -117,23 +123,41 @@ def build(model: GPT, cache: KVCache, path: Path) -> None:
         example,
         dynamic_shapes=({0: batch}, None, {0: batch}, {0: span}),
     )
+    torch._inductor.aoti_compile_and_package(program, package_path=package_path)
+
+
+def build(model: GPT, capacity: int, path: Path) -> None:
+    """Build the package for `model` into `path`, in a process of its own: torch.export swaps
+    nn.Module.__call__ and other globals while it traces, which would break every other
+    model's forward pass in this process (an engine serving, an inspection request) for the
+    tens of seconds a build takes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=".building-", suffix=".pt2")
-    os.close(handle)
-    try:
-        torch._inductor.aoti_compile_and_package(program, package_path=partial)
-        os.replace(partial, path)  # whole or not at all: another process may be loading it
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".building-") as work:
+        request = Path(work)
+        (request / "model.safetensors").write_bytes(tensors_to_bytes(model.state_dict()))
+        spec = {
+            "config": dataclasses.asdict(model.config),
+            "dtype": str(model.transformer.wte.weight.dtype).removeprefix("torch."),
+            "capacity": capacity,
+        }
+        (request / "request.json").write_text(json.dumps(spec))
+        built = request / "decode.pt2"
+        result = subprocess.run(
+            [sys.executable, "-m", __name__, str(request), str(built)],
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+            raise RuntimeError(f"building the decode step failed: {lines[-1]}")
+        os.replace(built, path)  # whole or not at all: another process may be loading it
 
 
 def aot_decode_step(model: GPT, cache: KVCache, folder: Path) -> AOTDecodeStep:
     """The compiled step for `model` on `cache`: loaded from `folder` when built before,
     else built there first (tens of seconds). A package that does not load is built anew."""
     path = folder / package_name(model, cache.max_slots)
-    # One at a time, looking included: an engine that waited for another engine of the same
-    # model to build then finds the package there.
     with BUILDING:
         if path.exists():
             try:
@@ -142,9 +166,22 @@ def aot_decode_step(model: GPT, cache: KVCache, folder: Path) -> AOTDecodeStep:
                 log.warning(
                     "the compiled decode step %s did not load (%s); building it anew", path, err
                 )
-        build(model, cache, path)
+        build(model, cache.max_slots, path)
     return load(path, model)
 
 
 def load(path: Path, model: GPT) -> AOTDecodeStep:
     return AOTDecodeStep(torch._inductor.aoti_load_package(str(path)), path, model.block_size)
+
+
+def main() -> None:
+    """`python -m service.engine.aot REQUEST_FOLDER PACKAGE`: build what `build` asked for."""
+    request, package = Path(sys.argv[1]), sys.argv[2]
+    spec = json.loads((request / "request.json").read_text())
+    model = GPT(GPTConfig(**spec["config"])).to(getattr(torch, spec["dtype"])).eval()
+    load_weights(model, load_safetensors((request / "model.safetensors").read_bytes()))
+    export_and_compile(model, spec["capacity"], package)
+
+
+if __name__ == "__main__":
+    main()

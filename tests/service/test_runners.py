@@ -111,6 +111,23 @@ def test_engines_warming_up_at_once_each_get_their_compiled_step(
 
 
 @needs_compiler
+def test_a_package_is_built_in_a_process_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """torch.export swaps nn.Module.__call__ and other globals while it traces: in the
+    server's process it broke another engine's prefill mid-build (and its own export), so
+    export and compile run in a child process. Here they would fail in this one."""
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
+
+    def not_here(*args: object) -> None:
+        raise AssertionError("exported in the serving process")
+
+    monkeypatch.setattr(aot, "export_and_compile", not_here)
+    runner = GPTRunner(tiny_gpt(), capacity=2, window_keep=BLOCK // 2, compile_decode=True)
+    assert runner.warm_up() is None and isinstance(runner.decode, AOTDecodeStep)
+
+
+@needs_compiler
 @torch.inference_mode()
 def test_a_package_that_does_not_load_is_built_anew(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
