@@ -110,7 +110,8 @@ def test_by_default_the_decode_step_compiles_after_start_up_and_ready_says_so(
     log_text = server.log()
     assert "decode step: compiled after start-up" in log_text
     assert re.search(r"decode step compiled in [\d.]+ s", log_text)
-    assert (tmp_path / "c" / "inductor").is_dir()  # the cache, for the next start
+    # the compiled step's package, for the next start
+    assert [p.suffix for p in (tmp_path / "c" / "decode-steps").iterdir()] == [".pt2"]
     with running_server(folder, tmp_path, TINYGPT_CACHE=str(tmp_path / "c")) as again:
         text = httpx.post(f"{again.url}/v1/generate", json=body, timeout=30).json()["text"]
         seconds = float(re.search(r"decode step compiled in ([\d.]+) s", again.log())[1])

@@ -24,6 +24,7 @@ from service.engine import (
     GenerationRequest,
     QueueFullError,
     RequestFailedError,
+    aot,
 )
 from service.engine import core as engine_core
 from service.engine.metrics import EngineCollector
@@ -119,11 +120,11 @@ async def test_a_compiled_decode_step_gives_the_eager_text(gpt: GPT):
 async def test_a_decode_step_that_does_not_compile_falls_back_to_eager_and_says_why(
     gpt: GPT, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):
-    def compile_that_fails(*args: object, **kwargs: object) -> object:
+    def build_that_fails(*args: object) -> None:
         raise RuntimeError("C++ compile error\ng++: not found")
 
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))  # no package built before
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_that_fails)
+    monkeypatch.setattr(aot, "build", build_that_fails)
     engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=2, compile_decode=True))
     try:
         engine.start()

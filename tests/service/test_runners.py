@@ -129,6 +129,21 @@ def test_a_package_is_built_in_a_process_of_its_own(
 
 @needs_compiler
 @torch.inference_mode()
+def test_a_build_that_fails_in_its_process_falls_back_to_eager_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # the child finds no C++ compiler
+    runner = GPTRunner(tiny_gpt(), capacity=2, window_keep=BLOCK // 2, compile_decode=True)
+    problem = runner.warm_up()
+    assert problem is not None and "building the decode step failed" in problem, problem
+    assert not runner.compiled and list((tmp_path / "decode-steps").iterdir()) == []
+    tokens = runner.start([[1, 2, 3]]).argmax(-1).tolist()
+    assert runner.advance(tokens).shape == (1, 11)  # decoding eagerly
+
+
+@needs_compiler
+@torch.inference_mode()
 def test_a_package_that_does_not_load_is_built_anew(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):
