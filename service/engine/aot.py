@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -89,20 +90,31 @@ def decode_step_folder() -> Path:
     return cache_root() / "decode-steps"
 
 
-def package_name(model: GPT, capacity: int) -> str:
-    """What the package depends on: weights, config, largest batch, dtype and torch."""
-    digest = hashlib.sha256()
-    meta = {
-        "config": dataclasses.asdict(model.config),
-        "capacity": capacity,
-        "torch": torch.__version__,
-        "dtype": str(model.transformer.wte.weight.dtype),
-    }
-    digest.update(json.dumps(meta, sort_keys=True).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    return f"decode-{digest.hexdigest()[:32]}.pt2"
+@dataclasses.dataclass(frozen=True)
+class BuildRequest:
+    """What a package is built from: the model's weights as safetensors bytes (a tied tensor
+    stored once), and what else its code depends on."""
+
+    weights: bytes
+    spec: dict[str, Any]  # config, dtype, largest batch
+
+    @classmethod
+    def of(cls, model: GPT, capacity: int) -> BuildRequest:
+        spec = {
+            "config": dataclasses.asdict(model.config),
+            "dtype": str(model.transformer.wte.weight.dtype).removeprefix("torch."),
+            "capacity": capacity,
+        }
+        return cls(tensors_to_bytes(model.state_dict()), spec)
+
+    @property
+    def package_name(self) -> str:
+        """A hash of the weights, the spec and torch's version."""
+        digest = hashlib.sha256(self.weights)
+        digest.update(
+            json.dumps({**self.spec, "torch": torch.__version__}, sort_keys=True).encode()
+        )
+        return f"decode-{digest.hexdigest()[:32]}.pt2"
 
 
 def export_and_compile(model: GPT, capacity: int, package_path: str) -> None:
@@ -126,24 +138,19 @@ def export_and_compile(model: GPT, capacity: int, package_path: str) -> None:
     torch._inductor.aoti_compile_and_package(program, package_path=package_path)
 
 
-def build(model: GPT, capacity: int, path: Path) -> None:
-    """Build the package for `model` into `path`, in a process of its own: torch.export swaps
-    nn.Module.__call__ and other globals while it traces, which would break every other
+def build(request: BuildRequest, path: Path) -> None:
+    """Build the package `request` asks for into `path`, in a process of its own: torch.export
+    swaps nn.Module.__call__ and other globals while it traces, which would break every other
     model's forward pass in this process (an engine serving, an inspection request) for the
     tens of seconds a build takes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".building-") as work:
-        request = Path(work)
-        (request / "model.safetensors").write_bytes(tensors_to_bytes(model.state_dict()))
-        spec = {
-            "config": dataclasses.asdict(model.config),
-            "dtype": str(model.transformer.wte.weight.dtype).removeprefix("torch."),
-            "capacity": capacity,
-        }
-        (request / "request.json").write_text(json.dumps(spec))
-        built = request / "decode.pt2"
+        folder = Path(work)
+        (folder / "model.safetensors").write_bytes(request.weights)
+        (folder / "request.json").write_text(json.dumps(request.spec))
+        built = folder / "decode.pt2"
         result = subprocess.run(
-            [sys.executable, "-m", __name__, str(request), str(built)],
+            [sys.executable, "-m", __name__, str(folder), str(built)],
             capture_output=True,
             text=True,
             timeout=BUILD_TIMEOUT_S,
@@ -157,7 +164,8 @@ def build(model: GPT, capacity: int, path: Path) -> None:
 def aot_decode_step(model: GPT, cache: KVCache, folder: Path) -> AOTDecodeStep:
     """The compiled step for `model` on `cache`: loaded from `folder` when built before,
     else built there first (tens of seconds). A package that does not load is built anew."""
-    path = folder / package_name(model, cache.max_slots)
+    request = BuildRequest.of(model, cache.max_slots)
+    path = folder / request.package_name
     with BUILDING:
         if path.exists():
             try:
@@ -166,7 +174,7 @@ def aot_decode_step(model: GPT, cache: KVCache, folder: Path) -> AOTDecodeStep:
                 log.warning(
                     "the compiled decode step %s did not load (%s); building it anew", path, err
                 )
-        build(model, cache.max_slots, path)
+        build(request, path)
     return load(path, model)
 
 

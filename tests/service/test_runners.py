@@ -28,6 +28,13 @@ def test_a_step_reads_past_the_longest_row_in_whole_span_steps_within_the_block(
     assert runner.span(BLOCK - 1) == BLOCK  # 48 would pass the block
 
 
+@pytest.fixture
+def packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty cache folder of this test's own; returns where decode-step packages go."""
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    return aot.decode_step_folder()
+
+
 needs_compiler = pytest.mark.skipif(
     compile_blocker(torch.device("cpu")) is not None, reason="no C++ compiler for inductor"
 )
@@ -36,17 +43,16 @@ needs_compiler = pytest.mark.skipif(
 @needs_compiler
 @torch.inference_mode()
 def test_the_ahead_of_time_step_decodes_any_batch_at_any_length_as_the_model_does(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    packages: Path,
 ):
     """One package, built at warm-up, serves batches of 1 to 5 rows at lengths across the
     whole block and past it (re-prefills), each step's logits those of the model recomputing
     the tokens its cache rows hold."""
-    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
     model = tiny_gpt()
     runner = GPTRunner(model, capacity=5, window_keep=BLOCK // 2, compile_decode=True)
     assert runner.warm_up() is None and runner.compiled
     assert isinstance(runner.decode, AOTDecodeStep)
-    assert runner.decode.path.parent == tmp_path / "decode-steps" and runner.decode.path.exists()
+    assert runner.decode.path.parent == packages and runner.decode.path.exists()
     for rows in (1, 5, 2):
         runner.truncate(0)
         logits = runner.start([[1, 2, 3]] * rows)
@@ -59,12 +65,11 @@ def test_the_ahead_of_time_step_decodes_any_batch_at_any_length_as_the_model_doe
 @needs_compiler
 @torch.inference_mode()
 def test_a_built_step_is_loaded_again_and_other_weights_get_a_package_of_their_own(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, packages: Path
 ):
-    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
     model = tiny_gpt()
     GPTRunner(model, capacity=3, window_keep=BLOCK // 2, compile_decode=True).warm_up()
-    built = list((tmp_path / "decode-steps").iterdir())
+    built = list(packages.iterdir())
     assert [p.suffix for p in built] == [".pt2"]  # and no half-written file left beside it
 
     def no_build(*args: object) -> None:
@@ -77,17 +82,14 @@ def test_a_built_step_is_loaded_again_and_other_weights_get_a_package_of_their_o
 
     other = tiny_gpt()
     other.lm_head.weight.data.add_(0.01)  # the tied embedding: other weights, same shapes
-    assert aot.package_name(other, 3) != built[0].name
-    assert aot.package_name(model, 4) != built[0].name  # another largest batch too
+    assert aot.BuildRequest.of(other, 3).package_name != built[0].name
+    assert aot.BuildRequest.of(model, 4).package_name != built[0].name  # another largest batch
 
 
 @needs_compiler
-def test_engines_warming_up_at_once_each_get_their_compiled_step(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-):
+def test_engines_warming_up_at_once_each_get_their_compiled_step(packages: Path):
     """As the server's engines do, each in its own thread: two models, and a second engine
     of the first, all compiled (torch.export's tracing state is global: see aot.BUILDING)."""
-    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
     first, second = tiny_gpt(), tiny_gpt()
     second.lm_head.weight.data.add_(0.01)
     runners = [
@@ -107,17 +109,16 @@ def test_engines_warming_up_at_once_each_get_their_compiled_step(
         thread.join()
     assert problems == [None, None, None]
     assert all(isinstance(r.decode, AOTDecodeStep) for r in runners)
-    assert len(list((tmp_path / "decode-steps").iterdir())) == 2
+    assert len(list(packages.iterdir())) == 2
 
 
 @needs_compiler
 def test_a_package_is_built_in_a_process_of_its_own(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, packages: Path
 ):
     """torch.export swaps nn.Module.__call__ and other globals while it traces: in the
     server's process it broke another engine's prefill mid-build (and its own export), so
     export and compile run in a child process. Here they would fail in this one."""
-    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
 
     def not_here(*args: object) -> None:
         raise AssertionError("exported in the serving process")
@@ -130,30 +131,26 @@ def test_a_package_is_built_in_a_process_of_its_own(
 @needs_compiler
 @torch.inference_mode()
 def test_a_build_that_fails_in_its_process_falls_back_to_eager_and_says_why(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, packages: Path
 ):
-    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))  # the child finds no C++ compiler
     runner = GPTRunner(tiny_gpt(), capacity=2, window_keep=BLOCK // 2, compile_decode=True)
     problem = runner.warm_up()
     assert problem is not None and "building the decode step failed" in problem, problem
-    assert not runner.compiled and list((tmp_path / "decode-steps").iterdir()) == []
+    assert not runner.compiled and list(packages.iterdir()) == []
     tokens = runner.start([[1, 2, 3]]).argmax(-1).tolist()
     assert runner.advance(tokens).shape == (1, 11)  # decoding eagerly
 
 
 @needs_compiler
 @torch.inference_mode()
-def test_a_package_that_does_not_load_is_built_anew(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-):
-    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
+def test_a_package_that_does_not_load_is_built_anew(packages: Path):
     model = tiny_gpt()
     cache = model.new_cache(2)
-    path = aot.decode_step_folder() / aot.package_name(model, 2)
+    path = packages / aot.BuildRequest.of(model, 2).package_name
     path.parent.mkdir(parents=True)
     path.write_bytes(b"half a package")
-    step = aot.aot_decode_step(model, cache, aot.decode_step_folder())
+    step = aot.aot_decode_step(model, cache, packages)
     tokens, positions = torch.tensor([1, 2]), torch.tensor([0, 0])
     torch.testing.assert_close(
         step(tokens, cache, positions, span=16), model.decode(tokens, cache, positions, span=16)
