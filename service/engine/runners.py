@@ -55,10 +55,10 @@ class Runner(Protocol):
 
 
 def compile_blocker(device: torch.device) -> str | None:
-    """Why torch.compile cannot build the decode step on `device` here, or None when it can.
-    On CPU inductor writes C++ that a compiler builds against torch's and Python's headers
-    (as an extension module); on CUDA it
-    writes Triton kernels. MPS support in inductor is still experimental: eager there."""
+    """Why inductor cannot build the decode step on `device` here, or None when it can. On
+    CPU it writes C++ that a compiler builds against torch's and Python's headers (the
+    ahead-of-time package); on CUDA it writes Triton kernels. MPS support in inductor is
+    still experimental: eager there."""
     if device.type == "cpu":
         if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
             return "no C++ compiler (g++) on PATH"
