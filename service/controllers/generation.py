@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
-from litestar.response import ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK
 
 from models.sampling import SamplingParams
@@ -33,7 +32,7 @@ from service.schemas import (
 )
 from service.security import client_key
 from service.settings import Settings
-from service.sse import EventStream, batch, sse
+from service.sse import EventStream, sse
 
 
 def response_of(model: str, completion: Completion, prompt_tokens: int) -> GenerateResponse:
@@ -54,9 +53,7 @@ def count_tokens(result: GenerateResponse) -> None:
     PROMPT_TOKENS.labels(model=result.model).inc(result.usage.prompt_tokens)
 
 
-async def generation_events(
-    model: str, stream: Stream, prompt_tokens: int
-) -> AsyncIterator[ServerSentEventMessage]:
+async def generation_events(model: str, stream: Stream, prompt_tokens: int) -> AsyncIterator[bytes]:
     """A `token` event per token, then `done` with the whole response (or `error`, should
     generation fail). When the client disconnects, Litestar cancels this generator, and
     leaving `async with` cancels the generation in the engine within one decode step."""
@@ -65,11 +62,9 @@ async def generation_events(
         try:
             async for first in stream:
                 tokens = [first, *stream.ready_tokens()]
-                yield batch(
-                    [
-                        sse(TokenStreamEvent(index=index + i, id=t.token_id, text=t.text), "token")
-                        for i, t in enumerate(tokens)
-                    ]
+                yield b"".join(  # what piled up goes out in one write
+                    sse(TokenStreamEvent(index=index + i, id=t.token_id, text=t.text), "token")
+                    for i, t in enumerate(tokens)
                 )
                 index += len(tokens)
         except EngineError as err:

@@ -14,7 +14,6 @@ from functools import cached_property
 from typing import get_args
 
 import msgspec
-from litestar.response import ServerSentEventMessage
 
 from service.engine import Completion as EngineCompletion
 from service.engine import TokenEvent
@@ -140,7 +139,7 @@ class ChatJob(CompletionJob):
 
     def chat_chunk(
         self, choices: list[ChatChunkChoice], usage: CompletionUsage | None = None
-    ) -> ServerSentEventMessage:
+    ) -> bytes:
         return sse(
             ChatCompletionChunk(
                 id=self.id,
@@ -152,13 +151,13 @@ class ChatJob(CompletionJob):
             )
         )
 
-    def opening(self, choice: Choice) -> ServerSentEventMessage | None:
+    def opening(self, choice: Choice) -> bytes | None:
         delta = ChatDelta(role="assistant", content="")
         return self.chat_chunk(
             [ChatChunkChoice(index=choice.index, delta=delta, logprobs=None, finish_reason=None)]
         )
 
-    def token_chunk(self, choice: Choice, event: TokenEvent) -> ServerSentEventMessage:
+    def token_chunk(self, choice: Choice, event: TokenEvent) -> bytes:
         return self.chat_chunk(
             [
                 ChatChunkChoice(
@@ -170,11 +169,11 @@ class ChatJob(CompletionJob):
             ]
         )
 
-    def final_chunk(self, choice: Choice, reason: str) -> ServerSentEventMessage:
+    def final_chunk(self, choice: Choice, reason: str) -> bytes:
         end = ChatChunkChoice(
             index=choice.index, delta=ChatDelta(), logprobs=None, finish_reason=reason
         )
         return self.chat_chunk([end])
 
-    def usage_chunk(self, total: int) -> ServerSentEventMessage:
+    def usage_chunk(self, total: int) -> bytes:
         return self.chat_chunk([], self.usage(total))

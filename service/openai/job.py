@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import msgspec
-from litestar.response import ServerSentEventMessage
 
 from models.sampling import SamplingParams
 from service.engine import Completion as EngineCompletion
@@ -37,7 +36,7 @@ from service.openai.schemas import (
     SamplingFields,
 )
 from service.settings import Settings
-from service.sse import batch, sse
+from service.sse import sse
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -310,13 +309,13 @@ class CompletionJob:
         text: str,
         logprobs: CompletionLogprobs | None,
         finish_reason: str | None = None,
-    ) -> ServerSentEventMessage:
+    ) -> bytes:
         body = CompletionChoice(
             text=text, index=choice.index, logprobs=logprobs, finish_reason=finish_reason
         )
         return sse(self.envelope([body], None))
 
-    def opening(self, choice: Choice) -> ServerSentEventMessage | None:
+    def opening(self, choice: Choice) -> bytes | None:
         """The chunk a choice's stream begins with, if any: the echoed prompt."""
         if not choice.echo:
             return None
@@ -324,16 +323,16 @@ class CompletionJob:
             choice, choice.prompt.text, self.logprobs_of(choice, choice.echo_scores, ())
         )
 
-    def token_chunk(self, choice: Choice, event: TokenEvent) -> ServerSentEventMessage:
+    def token_chunk(self, choice: Choice, event: TokenEvent) -> bytes:
         return self.chunk(choice, event.text, self.logprobs_of(choice, (), [event]))
 
-    def final_chunk(self, choice: Choice, reason: str) -> ServerSentEventMessage:
+    def final_chunk(self, choice: Choice, reason: str) -> bytes:
         return self.chunk(choice, "", self.logprobs_of(choice, (), ()), reason)
 
-    def usage_chunk(self, total: int) -> ServerSentEventMessage:
+    def usage_chunk(self, total: int) -> bytes:
         return sse(self.envelope([], self.usage(total)))
 
-    async def events(self) -> AsyncIterator[ServerSentEventMessage]:
+    async def events(self) -> AsyncIterator[bytes]:
         """OpenAI's chunks: per choice its opening, a chunk per token (choices interleaved as
         they come), a last one with its finish_reason; optionally a usage chunk; `[DONE]`. A
         client that leaves cancels this generator, and `finally` frees every engine slot."""
@@ -358,7 +357,7 @@ class CompletionJob:
                     completion = choice.stream.completion  # the stream has ended
                     total += self.record(choice, completion)
                     chunks.append(self.final_chunk(choice, completion.finish_reason))
-                yield batch(chunks)
+                yield b"".join(chunks)
             options = self.data.stream_options
             if options is not None and options.include_usage:
                 yield self.usage_chunk(total)
