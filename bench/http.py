@@ -16,10 +16,11 @@ Each client sends `/v1/generate` requests with `stream: true` back to back; per 
 records the time to first token (TTFT), the gaps between tokens (inter-token latency, ITL) and
 the end-to-end latency, the numbers serving benchmarks report, and which replica answered
 (`X-Replica-Id`: with several workers, how the requests spread). The clients are lean
-keep-alive HTTP/1.1 connections (see StreamingConnection): they share the server's cores.
+keep-alive HTTP/1.1 connections (see ResponseReader): they share the server's cores.
 One untimed level at the highest concurrency warms the server up; then each level runs
---repeats times and the median run counts. With --in-process the same requests then go to the
-same engine in this process (whole results, no HTTP), for the ratio the HTTP layer costs.
+--repeats times and the median run counts. With --in-process each run is followed at once by
+the same requests to the same engine in this process (whole results, no HTTP), and the median
+of the runs' ratios is what the HTTP layer costs.
 Results go to a JSON file and a markdown table on stdout.
 """
 
@@ -38,9 +39,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -84,85 +85,137 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-class StreamingConnection:
-    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the chunked answer.
+class ResponseReader(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the answer as it arrives.
 
     The clients share the server's cores on one machine, so they must cost as little as
-    possible: httpx's streaming reader took about 0.6 of a core from the server at 32
-    clients here. This speaks just the HTTP the server answers with (a status line, headers,
-    then a chunked or Content-Length body) and looks at nothing but where token events are.
+    possible. httpx's streaming reader took about 0.6 of a core from the server at 32 clients
+    here, and asyncio's StreamReader (a readline, a readexactly and a wait_for per chunk)
+    about 0.35 of a core at 7,000 tokens/s. This protocol parses in `data_received` just the
+    HTTP the server answers with (a status line, headers, then a chunked or Content-Length
+    body), and of the body it looks at nothing but how many token events each chunk holds.
     """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.response: asyncio.Future[tuple[dict[str, str], bytes]] | None = None
+        self.headers: dict[str, str] | None = None
+        self.body: list[bytes] = []
+        self.chunk_left = -1  # bytes of the current chunk (and its CRLF) still to come
+        self.stamps: list[float] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.response is not None and not self.response.done():
+            self.response.set_exception(exc or ConnectionResetError("the server closed"))
+
+    def send(self, request: bytes, stamps: list[float]) -> asyncio.Future:
+        """Write `request`; the future gets (headers, body) once the whole answer is in, and
+        `stamps` the arrival time of every token event meanwhile."""
+        assert self.transport is not None
+        self.response = asyncio.get_running_loop().create_future()
+        self.headers, self.body, self.chunk_left, self.stamps = None, [], -1, stamps
+        self.transport.write(request)
+        return self.response
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.headers is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status_line, *lines = self.buffer[:end].decode("latin-1").split("\r\n")
+            del self.buffer[: end + 4]
+            self.headers = {":status": status_line.split(" ")[1]}
+            for line in lines:
+                name, _, value = line.partition(":")
+                self.headers[name.strip().lower()] = value.strip()
+        if self.headers.get("transfer-encoding") == "chunked":
+            self.read_chunks()
+        elif len(self.buffer) >= int(self.headers.get("content-length", "0")):
+            self.body.append(bytes(self.buffer))
+            self.buffer.clear()
+            self.finish()
+
+    def read_chunks(self) -> None:
+        while True:
+            if self.chunk_left < 0:  # at a chunk's size line
+                end = self.buffer.find(b"\r\n")
+                if end < 0:
+                    return
+                size = int(self.buffer[:end], 16)
+                del self.buffer[: end + 2]
+                if size == 0:
+                    self.chunk_left = 2  # the blank line after the last chunk
+                    if len(self.buffer) >= 2:
+                        del self.buffer[:2]
+                        self.finish()
+                    return
+                self.chunk_left = size + 2
+            if len(self.buffer) < self.chunk_left:
+                return
+            chunk = bytes(self.buffer[: self.chunk_left - 2])
+            del self.buffer[: self.chunk_left]
+            self.chunk_left = -1
+            self.stamps.extend([time.perf_counter()] * chunk.count(b"event: token\n"))
+            self.body.append(chunk)
+
+    def finish(self) -> None:
+        assert self.response is not None and self.headers is not None
+        if not self.response.done():
+            self.response.set_result((self.headers, b"".join(self.body)))
+        if self.headers.get("connection") == "close" and self.transport is not None:
+            self.transport.close()
+
+
+class StreamingConnection:
+    """A client's connection to the server, opened on first use and again after a failure."""
 
     def __init__(self, url: str, timeout: float):
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.timeout = timeout
-        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def connected(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.streams is None:
-            self.streams = await asyncio.open_connection(self.host, self.port)
-        return self.streams
+        self.reader: ResponseReader | None = None
 
     def close(self) -> None:
-        if self.streams is not None:
-            self.streams[1].close()
-            self.streams = None
+        if self.reader is not None and self.reader.transport is not None:
+            self.reader.transport.close()
+        self.reader = None
 
-    async def post(self, path: str, body: dict) -> AsyncIterator[bytes | dict[str, str]]:
-        """Yields the response's headers (lower-cased names, `:status` too), then each piece
-        of its body as it arrives."""
-        reader, writer = await self.connected()
+    async def post(self, path: str, body: dict, stamps: list[float]) -> tuple[dict, bytes]:
+        """POST `body` as JSON; the answer's headers (lower-cased names, `:status` too) and
+        body, with the arrival time of each token event added to `stamps`."""
+        if self.reader is None or self.reader.transport is None:
+            _, self.reader = await asyncio.get_running_loop().create_connection(
+                ResponseReader, self.host, self.port
+            )
         payload = json.dumps(body).encode()
-        writer.write(
+        request = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {":status": status_line.split(" ")[1]}
-        for line in filter(None, lines):
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        yield headers
-        if headers.get("transfer-encoding") == "chunked":
-            while size := int((await asyncio.wait_for(reader.readline(), self.timeout)), 16):
-                yield (await asyncio.wait_for(reader.readexactly(size + 2), self.timeout))[:-2]
-            await reader.readline()  # the blank line after the last chunk
-        else:
-            yield await reader.readexactly(int(headers.get("content-length", "0")))
-        if headers.get("connection") == "close":
-            self.close()
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+        async with asyncio.timeout(self.timeout):
+            return await self.reader.send(request, stamps)
 
 
 async def stream_one(connection: StreamingConnection, body: dict) -> RequestTiming:
     """One streamed generation: timestamps of every token event (events that arrive in one
-    piece share its time)."""
+    chunk share its time)."""
     started = time.perf_counter()
     stamps: list[float] = []
-    responses = connection.post("/v1/generate", body)
-    headers = await anext(responses)
-    assert isinstance(headers, dict)
-    body_parts = [part async for part in stamped(responses, stamps)]
+    headers, answer = await connection.post("/v1/generate", body, stamps)
     if headers[":status"] != "200":
-        raise RuntimeError(f"HTTP {headers[':status']}: {b''.join(body_parts)[:200]!r}")
+        raise RuntimeError(f"HTTP {headers[':status']}: {answer[:200]!r}")
     if not stamps:
         raise RuntimeError("the stream ended without a token")
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     replica = headers.get("x-replica-id", "")
     return RequestTiming(stamps[0] - started, gaps, stamps[-1] - started, len(stamps), replica)
-
-
-async def stamped(
-    pieces: AsyncIterator[bytes | dict[str, str]], stamps: list[float]
-) -> AsyncIterator[bytes]:
-    """The body's pieces, with the time each token event in them arrived added to `stamps`."""
-    async for piece in pieces:
-        assert isinstance(piece, bytes)
-        now = time.perf_counter()
-        stamps.extend([now] * piece.count(b"event: token\n"))
-        yield piece
 
 
 async def client_loop(
@@ -173,7 +226,7 @@ async def client_loop(
             try:
                 timing = await stream_one(connection, {**body, "seed": i})
                 result.timings.append(timing)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, RuntimeError) as err:
+            except (OSError, TimeoutError, RuntimeError) as err:
                 connection.close()  # what was left of that answer is not read: start afresh
                 result.errors.append(f"{type(err).__name__}: {err}")
     finally:
@@ -257,10 +310,10 @@ async def in_process_level(model: LoadedModel, args: argparse.Namespace, concurr
     }
 
 
-def in_process(args: argparse.Namespace) -> list[dict]:
-    """`in_process_level` at every concurrency, on the engine the started server runs: the
-    server's own ModelRegistry, with the settings that server gets (its torch threads, its
-    decode path, its inductor cache)."""
+@contextmanager
+def engine_in_process(args: argparse.Namespace) -> Iterator[LoadedModel]:
+    """The engine the started server runs, in this process: the server's own ModelRegistry,
+    with the settings that server gets (its torch threads, its decode path, its caches)."""
     compile_decode = {"default": None, "eager": False, "compiled": True}[args.decode]
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(args.model, Path(tmp))
@@ -275,13 +328,7 @@ def in_process(args: argparse.Namespace) -> list[dict]:
         model = registry.get(args.model)
         model.engine.warmed.wait()
         try:
-            asyncio.run(in_process_level(model, args, max(args.concurrency)))  # warm
-            return [
-                median_run(
-                    [asyncio.run(in_process_level(model, args, c)) for _ in range(args.repeats)]
-                )
-                for c in args.concurrency
-            ]
+            yield model
         finally:
             asyncio.run(registry.unload())
 
@@ -294,14 +341,31 @@ def median_run(runs: list[dict]) -> dict:
     }
 
 
-def levels_over_http(args: argparse.Namespace) -> list[dict]:
+def measured_levels(args: argparse.Namespace, alone: LoadedModel | None) -> list[dict]:
     """Every level --repeats times, the median run of each, after one untimed level at the
-    highest concurrency: the server's first requests set up what later ones reuse."""
+    highest concurrency (the server's first requests set up what later ones reuse). With an
+    engine `alone` in this process, each run over HTTP is followed at once by the same
+    requests to it: this machine's speed drifts by a third within minutes, so a ratio is
+    taken from two runs side by side, and the median of those ratios counts."""
     asyncio.run(run_level(args, max(args.concurrency)))
-    return [
-        median_run([asyncio.run(run_level(args, c)) for _ in range(args.repeats)])
-        for c in args.concurrency
-    ]
+    if alone is not None:
+        asyncio.run(in_process_level(alone, args, max(args.concurrency)))
+    rows = []
+    for concurrency in args.concurrency:
+        runs, ratios = [], []
+        for _ in range(args.repeats):
+            runs.append(asyncio.run(run_level(args, concurrency)))
+            if alone is not None:
+                here = asyncio.run(in_process_level(alone, args, concurrency))
+                runs[-1]["in_process_tokens_per_s"] = here["output_tokens_per_s"]
+                ratios.append(runs[-1]["output_tokens_per_s"] / here["output_tokens_per_s"])
+        row = median_run(runs)
+        if ratios:
+            row["runs_in_process_tokens_per_s"] = [r["in_process_tokens_per_s"] for r in runs]
+            row["runs_http_over_in_process"] = [round(r, 2) for r in ratios]
+            row["http_over_in_process"] = round(statistics.median(ratios), 2)
+        rows.append(row)
+    return rows
 
 
 @contextmanager
@@ -424,18 +488,12 @@ def main() -> None:
     if args.in_process and (args.url or args.workers != 1):
         parser.error("--in-process compares with the one-process server this starts")
     started = os.getloadavg()
-    if args.url:
-        rows = levels_over_http(args)
-    else:
-        server = running_server(args.model, args.torch_threads, args.decode, args.workers)
-        with server as args.url:
-            rows = levels_over_http(args)
-    if args.in_process:
-        for row, alone in zip(rows, in_process(args), strict=True):
-            row["in_process_tokens_per_s"] = alone["output_tokens_per_s"]
-            row["http_over_in_process"] = round(
-                row["output_tokens_per_s"] / alone["output_tokens_per_s"], 2
-            )
+    with ExitStack() as stack:
+        if not args.url:
+            server = running_server(args.model, args.torch_threads, args.decode, args.workers)
+            args.url = stack.enter_context(server)
+        alone = stack.enter_context(engine_in_process(args)) if args.in_process else None
+        rows = measured_levels(args, alone)
     results = {
         "machine": machine()
         | {"load_average_at_start": started, "load_average_at_end": os.getloadavg()},
