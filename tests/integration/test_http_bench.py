@@ -1,0 +1,32 @@
+"""The streaming client of bench/http.py against a real server: it must count every token
+event of a chunked answer, read a whole error answer, and reuse its connection after both."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench.http import RequestTiming, StreamingConnection, stream_one
+from tests.integration.conftest import Server
+from tests.service.tiny_models import GPT_ID
+
+
+def test_the_benchmark_client_counts_every_token_and_reads_errors_whole(server: Server):
+    body = {"model": GPT_ID, "prompt": "ROMEO:", "max_new_tokens": 12, "stream": True}
+
+    async def requests() -> tuple[list[RequestTiming], str]:
+        connection = StreamingConnection(server.url, timeout=60)
+        try:
+            first = await stream_one(connection, {**body, "seed": 1})
+            with pytest.raises(RuntimeError) as refused:
+                await stream_one(connection, {**body, "model": "no-such-model"})
+            second = await stream_one(connection, {**body, "seed": 2})
+            return [first, second], str(refused.value)
+        finally:
+            connection.close()
+
+    timings, refusal = asyncio.run(requests())
+    assert [t.tokens for t in timings] == [12, 12]
+    assert all(len(t.itls) == 11 and 0 < t.ttft <= t.e2e for t in timings)
+    assert refusal.startswith("HTTP 404") and "no-such-model" in refusal
