@@ -104,7 +104,7 @@ def test_the_decode_step_is_compiled_only_where_a_compiler_and_headers_are(
     assert compile_blocker(cpu) == "no C++ compiler (g++) on PATH"
     assert decode_path(Settings(), cpu) == (
         False,
-        "eager (no C++ compiler (g++) on PATH; compiled, decoding is about 3x faster)",
+        "eager (no C++ compiler (g++) on PATH; compiled decoding measured 1.6-3.7x faster)",
     )
     assert decode_path(Settings(compile_decode=False), cpu) == (False, "eager, as set")
 
