@@ -149,13 +149,12 @@ class ResponseReader(asyncio.Protocol):
                 if end < 0:
                     return
                 size = int(self.buffer[:end], 16)
-                del self.buffer[: end + 2]
-                if size == 0:
-                    self.chunk_left = 2  # the blank line after the last chunk
-                    if len(self.buffer) >= 2:
-                        del self.buffer[:2]
+                if size == 0:  # the last chunk: done once the blank line after it is in
+                    if len(self.buffer) >= end + 4:
+                        del self.buffer[: end + 4]
                         self.finish()
                     return
+                del self.buffer[: end + 2]
                 self.chunk_left = size + 2
             if len(self.buffer) < self.chunk_left:
                 return

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from bench.http import RequestTiming, StreamingConnection, stream_one
+from bench.http import RequestTiming, ResponseReader, StreamingConnection, stream_one
 from tests.integration.conftest import Server
 from tests.service.tiny_models import GPT_ID
 
@@ -30,3 +30,33 @@ def test_the_benchmark_client_counts_every_token_and_reads_errors_whole(server: 
     assert [t.tokens for t in timings] == [12, 12]
     assert all(len(t.itls) == 11 and 0 < t.ttft <= t.e2e for t in timings)
     assert refusal.startswith("HTTP 404") and "no-such-model" in refusal
+
+
+class Transport(asyncio.Transport):
+    """A connection that takes what ResponseReader writes and goes nowhere."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+
+def test_the_benchmark_client_reads_an_answer_that_arrives_a_byte_at_a_time():
+    events = b"event: token\ndata: {}\n\n" * 2
+    answer = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % len(events)
+        + events
+        + b"\r\n0\r\n\r\n"
+    )
+
+    async def read() -> tuple[tuple[dict, bytes], list[float]]:
+        reader, stamps = ResponseReader(), []
+        reader.connection_made(Transport())
+        response = reader.send(b"POST / HTTP/1.1\r\n\r\n", stamps)
+        for i in range(len(answer)):
+            assert not response.done()
+            reader.data_received(answer[i : i + 1])
+        assert response.done(), "the answer's last chunk went unnoticed"
+        return response.result(), stamps
+
+    (headers, body), stamps = asyncio.run(read())
+    assert headers[":status"] == "200" and body == events and len(stamps) == 2
