@@ -9,6 +9,7 @@ has no raw line breaks) or a short sentinel such as `[DONE]`.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -23,7 +24,7 @@ class EventStream(Stream):
     """A `text/event-stream` response of already encoded events (bytes), kept with its media
     type in a handler whose other answers are JSON (the handler's would otherwise win)."""
 
-    def __init__(self, events: Any):
+    def __init__(self, events: AsyncIterator[bytes]):
         super().__init__(
             events,
             media_type="text/event-stream",
