@@ -187,6 +187,7 @@ class ModelRegistry:
             max_waiting=self.settings.max_waiting,
             compile_decode=self.compile_decode,
             dtype=self.decode_dtype,
+            stream_interval=self.settings.stream_interval,
         )
 
     def scan(self, current: dict[str, LoadedModel]) -> Scan:

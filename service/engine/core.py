@@ -75,6 +75,11 @@ class EngineConfig:
     compile_decode: bool = False
     # the GPT's decode precision (bf16 on CUDA: see service.registry); None: the model's own
     dtype: torch.dtype | None = None
+    # Seconds a step's token events may wait to be handed to the event loops together with the
+    # next steps' (a first token and a request's end never wait): 0, every step. Each hand-over
+    # wakes every stream's reader and writes to its socket, work that holds the GIL the decode
+    # thread needs; see service.settings for the measured effect.
+    stream_interval: float = 0.0
 
     @property
     def capacity(self) -> int:
@@ -104,8 +109,17 @@ class RequestState:
         return self.stream.request
 
 
-# Items of one step, handed to the event loops together at its end.
-Outbox = list[tuple[RequestState, StreamItem]]
+@dataclass(eq=False)
+class Outbox:
+    """Items for the event loops, gathered over the steps since the last hand-over."""
+
+    items: list[tuple[RequestState, StreamItem]] = field(default_factory=list)
+    urgent: bool = False  # holds a first token or a request's end: hand it over at once
+
+    def add(self, state: RequestState, item: StreamItem) -> None:
+        self.items.append((state, item))
+        if not isinstance(item, TokenEvent) or len(state.delivered) == 1:
+            self.urgent = True
 
 
 class Engine:
@@ -270,20 +284,24 @@ class Engine:
         with torch.inference_mode():
             if not self.warmed.is_set():
                 self.warm_up()
+            outbox, due = Outbox(), 0.0  # due: when waiting tokens must be handed over
             while True:
                 with self.lock:
                     while not (self.rows or self.waiting or self.stopping):
                         self.lock.wait()
                     if self.stopping and not (self.rows or self.waiting):
                         return
-                outbox: Outbox = []
                 try:
                     self.step(outbox)
                 except Exception as err:
                     logger.exception("decode step failed; ending every running request")
                     self.fail_all(EngineError(f"generation failed: {err}"), outbox)
                 finally:
-                    self.deliver(outbox)
+                    now = time.perf_counter()
+                    # an empty batch: nothing is coming that these items could wait for
+                    if outbox.urgent or not self.rows or now >= due:
+                        self.deliver(outbox)
+                        outbox, due = Outbox(), now + self.config.stream_interval
 
     def warm_up(self) -> None:
         """Compile the decode step in the decode thread, falling back to eager if it fails."""
@@ -551,7 +569,7 @@ class Engine:
     def deliver_event(self, state: RequestState, event: TokenEvent, outbox: Outbox) -> None:
         state.delivered.append(event)
         if state.request.stream_tokens:
-            outbox.append((state, event))
+            outbox.add(state, event)
 
     def finish(self, state: RequestState, reason: FinishReason, outbox: Outbox) -> None:
         if reason != "stop":
@@ -562,7 +580,7 @@ class Engine:
             usage=Usage(len(state.request.prompt_ids), len(state.token_ids)),
             tokens=tuple(state.delivered),
         )
-        outbox.append((state, completion))
+        outbox.add(state, completion)
         self.metrics.count_finished(reason)
 
     def fail(self, state: RequestState, err: Exception, outbox: Outbox) -> None:
@@ -571,7 +589,7 @@ class Engine:
             "request failed alone (%s: %s); the rest of its batch goes on", type(err).__name__, err
         )
         message = f"generation of this request failed ({type(err).__name__}: {err})"
-        outbox.append((state, RequestFailedError(message)))
+        outbox.add(state, RequestFailedError(message))
         self.metrics.requests_failed += 1
 
     def retire(
@@ -609,9 +627,10 @@ class Engine:
         """End every running request with `error` and empty the batch: the failed step may
         have left the rows half-updated. (A request that ended earlier in the step keeps its
         Completion, which is queued first.) Waiting requests stay queued."""
-        ended = {id(state) for state, item in outbox if not isinstance(item, TokenEvent)}
+        ended = {id(state) for state, item in outbox.items if not isinstance(item, TokenEvent)}
         failed = [state for state in self.rows if id(state) not in ended]
-        outbox.extend((state, error) for state in failed)
+        for state in failed:
+            outbox.add(state, error)
         self.metrics.requests_failed += len(failed)
         self.rows.clear()
         self.runner.truncate(0)
@@ -619,9 +638,9 @@ class Engine:
         self.metrics.running = 0
 
     def deliver(self, outbox: Outbox) -> None:
-        """Hand this step's items to their event loops: one wake-up per loop per step."""
+        """Hand the gathered items to their event loops: one wake-up per loop."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, StreamItem]]] = {}
-        for state, item in outbox:
+        for state, item in outbox.items:
             by_loop.setdefault(state.stream.loop, []).append((state.stream, item))
         for loop, items in by_loop.items():
             try:

@@ -17,6 +17,7 @@ from models.gpt import GPT, GPTConfig
 from models.sampling import SamplingParams, generate, seeded_generator
 from models.tokenizer import CharTokenizer
 from service.engine import (
+    Completion,
     Engine,
     EngineClosedError,
     EngineConfig,
@@ -204,6 +205,43 @@ async def test_a_reader_that_fell_behind_takes_the_piled_up_tokens_at_once(engin
     assert stream.ready_tokens() == []
     assert [t async for t in stream] == []
     assert stream.completion == whole
+
+
+async def test_a_stream_interval_groups_later_tokens_but_not_the_first_or_the_end(gpt: GPT):
+    every_step = Engine(gpt, TOKENIZER, EngineConfig(max_running=4))
+    grouped = Engine(gpt, TOKENIZER, EngineConfig(max_running=4, stream_interval=60.0))
+    for engine in (every_step, grouped):
+        engine.start()
+    try:
+        whole = await every_step.submit(request(seed=6)).collect()
+        stream = grouped.submit(request(seed=6))
+        first = await anext(stream)
+        assert stream.ready_tokens() == []  # the first token was handed over alone
+        # within 60 s the other 19 wait; the end does not, and takes them along
+        rest = [await anext(stream), *stream.ready_tokens()]
+        assert [t.token_id for t in [first, *rest]] == [t.token_id for t in whole.tokens]
+        assert isinstance(stream.held_back, Completion)  # it came with them
+        assert await stream.collect() == whole
+    finally:
+        for engine in (every_step, grouped):
+            engine.stop()
+
+
+async def test_a_stream_interval_hands_over_tokens_once_it_has_passed(gpt: GPT):
+    engine = Engine(gpt, TOKENIZER, EngineConfig(max_running=4, stream_interval=0.05))
+    engine.start()
+    try:
+        async with engine.submit(request("the", 100_000)) as stream:
+            await anext(stream)
+            await anext(stream)  # a later token comes before the request ends
+            assert stream.completion is None
+            deliveries = 1
+            while deliveries < 4:  # each hand-over after the first brings a group of tokens
+                await anext(stream)
+                assert len(stream.ready_tokens()) > 1
+                deliveries += 1
+    finally:
+        engine.stop()
 
 
 async def test_a_request_without_token_events_gets_them_all_in_its_completion(engine: Engine):

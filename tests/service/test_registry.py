@@ -125,3 +125,9 @@ def test_decoding_is_bf16_by_default_only_on_a_cuda_device_that_has_it(
 async def test_engines_get_the_decode_precision_decided_at_load(registry):
     assert registry.decode_dtype == torch.float32  # this machine has no CUDA
     assert registry.engine_config().dtype == torch.float32
+
+
+def test_engines_hand_over_streamed_tokens_at_the_stream_interval_set():
+    from_env = Settings.from_env(environ={"TINYGPT_STREAM_INTERVAL": "0"})
+    assert ModelRegistry(from_env).engine_config().stream_interval == 0.0
+    assert ModelRegistry(Settings()).engine_config().stream_interval == 0.01
