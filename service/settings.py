@@ -49,7 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds a streamed token may wait to go out with the next steps' tokens (a first token
     # and a request's end never wait); 0: every decode step. Each hand-over wakes every
     # stream's reader and writes to its socket, which holds the GIL the decode thread needs:
-    # at 32 streams 10 ms served 0.77x the engine's own speed, every step 0.69x (bench/http.py).
+    # at 32 streams 10 ms served 0.82x the engine's own speed, every step 0.64x (README).
     stream_interval: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.01
     # The GPT decode step's precision; auto: bfloat16 on a CUDA device that has it, float32
     # elsewhere. Generation only: the inspection endpoints read the float32 weights.
