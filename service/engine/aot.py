@@ -123,7 +123,7 @@ class AOTDecodeStep:
         )
         inputs = INPUTS(*(_capsule_pointer(h, None) for h in handles))
         outputs = OUTPUTS()
-        self.check(self.run(self.container, inputs, 4, outputs, 1, None, None))
+        self.check(self.run(self.container, inputs, len(inputs), outputs, len(outputs), None, None))
         [logits] = torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs(
             [_new_capsule(outputs[0], None, None)]
         )

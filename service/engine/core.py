@@ -114,7 +114,9 @@ class Outbox:
     """Items for the event loops, gathered over the steps since the last hand-over."""
 
     items: list[tuple[RequestState, StreamItem]] = field(default_factory=list)
-    urgent: bool = False  # holds a first token or a request's end: hand it over at once
+    # Holds a first token or a request's end: hand it over at once. A request leaves the batch
+    # only with its end, so an engine whose batch empties never holds tokens back.
+    urgent: bool = False
 
     def add(self, state: RequestState, item: StreamItem) -> None:
         self.items.append((state, item))
@@ -298,8 +300,7 @@ class Engine:
                     self.fail_all(EngineError(f"generation failed: {err}"), outbox)
                 finally:
                     now = time.perf_counter()
-                    # an empty batch: nothing is coming that these items could wait for
-                    if outbox.urgent or not self.rows or now >= due:
+                    if outbox.urgent or now >= due:
                         self.deliver(outbox)
                         outbox, due = Outbox(), now + self.config.stream_interval
 
