@@ -101,7 +101,7 @@ class ResponseReader(asyncio.Protocol):
         self.buffer = bytearray()
         self.response: asyncio.Future[tuple[dict[str, str], bytes]] | None = None
         self.headers: dict[str, str] | None = None
-        self.body: list[bytes] = []
+        self.body: list[bytes] = []  # kept only when the answer is not a 200
         self.chunk_left = -1  # bytes of the current chunk (and its CRLF) still to come
         self.stamps: list[float] = []
 
@@ -162,7 +162,8 @@ class ResponseReader(asyncio.Protocol):
             del self.buffer[: self.chunk_left]
             self.chunk_left = -1
             self.stamps.extend([time.perf_counter()] * chunk.count(b"event: token\n"))
-            self.body.append(chunk)
+            if self.headers[":status"] != "200":  # an error's body goes into its message
+                self.body.append(chunk)
 
     def finish(self) -> None:
         assert self.response is not None and self.headers is not None

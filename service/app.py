@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,11 +67,17 @@ async def loaded_models(app: Litestar) -> AsyncIterator[None]:
     """Load every checkpoint before serving; no loadable checkpoint means no start."""
     registry: ModelRegistry = app.state.registry
     await registry.load()
+    # What start-up made (modules, models) lives as long as the process: out of the
+    # collector's sight, a full collection no longer walks it and stops both threads
+    # for 140-200 ms (seen every 15 s or so at 32 streams), but for a few milliseconds.
+    gc.collect()
+    gc.freeze()
     log.info("ready: serving %s", ", ".join(registry.model_ids))
     try:
         yield
     finally:
         await registry.unload()
+        gc.unfreeze()  # an app that stops in a process that goes on leaves nothing uncollected
 
 
 @asynccontextmanager

@@ -1,5 +1,6 @@
 """The Litestar app in-process: readiness, dependency wiring, the one error shape, OpenAPI."""
 
+import gc
 import threading
 
 import anyio
@@ -38,6 +39,13 @@ async def test_health_and_ready_once_loaded(client):
     response = await client.get("/ready")
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "models": [BIGRAM_ID, GPT_ID]}
+
+
+async def test_the_collector_skips_what_start_up_made_until_the_app_stops(settings):
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        model = client.app.state.registry.get(GPT_ID)
+        assert not any(o is model for o in gc.get_objects())  # frozen: no full collection walks it
+    assert any(o is model for o in gc.get_objects())
 
 
 async def test_ready_is_503_before_the_lifespan_runs(settings):
