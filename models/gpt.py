@@ -82,10 +82,14 @@ class KVCache:
         self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> None:
         """Keys and values k, v (B, nh, T, hs) of sequences starting at position 0 into
-        positions 0..T-1 of cache rows `slots` (B,)."""
-        T = k.size(2)
-        self.kv[layer, :, 0, :, :T].index_copy_(0, slots, k)
-        self.kv[layer, :, 1, :, :T].index_copy_(0, slots, v)
+        positions 0..T-1 of cache rows `slots` (B,). One indexed write into the whole tensor,
+        as in store_step: compiled, writes into views of it copied the entire cache (a
+        one-token prefill of gpt-char took 86 ms instead of 0.6)."""
+        B, _, T, _ = k.shape
+        rows = slots[:, None].expand(B, T)
+        positions = torch.arange(T, device=k.device)[None, :].expand(B, T)
+        kv = torch.stack((k, v), dim=1).permute(0, 3, 1, 2, 4)  # (B, T, 2, nh, hs)
+        self.kv[torch.full_like(rows, layer), rows, :, :, positions] = kv
 
     def store_step(self, layer: int, positions: torch.Tensor, kv: torch.Tensor) -> None:
         """Keys and values kv (B, 2, nh, hs) of one new token per row 0..B-1, at position

@@ -70,8 +70,8 @@ class EngineConfig:
     max_waiting: int = 256  # sequences queued beyond that before submit raises QueueFullError
     window_keep: int | None = None  # GPT tokens kept on re-prefill; None: half of block_size
     # compile the GPT decode step (ahead of time on CPU, CUDA graphs on CUDA: see runners):
-    # about four times the single-stream speed on CPU, after a build of ~20 s the first time
-    # (~2 s once its package is in the cache)
+    # about four times the single-stream speed on CPU, after a build of ~30 s the first time
+    # (its prefill's too; under a second once the packages are in the cache)
     compile_decode: bool = False
     # the GPT's decode precision (bf16 on CUDA: see service.registry); None: the model's own
     dtype: torch.dtype | None = None

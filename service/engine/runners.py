@@ -22,7 +22,7 @@ import torch
 
 from models.bigram import BigramLanguageModel
 from models.gpt import GPT
-from service.engine.aot import aot_decode_step, decode_step_folder
+from service.engine.aot import compiled_steps, decode_step_folder
 
 # Attention in a decode step reads the cache up to the longest row, rounded up to a multiple
 # of this, so that each row's read is whole vectors; one compiled graph serves every span.
@@ -109,6 +109,7 @@ class GPTRunner:
         self.compiled = compile_decode
         # Eager until warm_up builds the compiled step (on CUDA, compiles it at its first calls).
         self.decode: Callable[..., torch.Tensor] = model.decode
+        self.prefill_step: Callable[..., torch.Tensor] = model.prefill  # compiled on CPU too
         if self.captured:
             self.decode = self.graphed_decode()
 
@@ -121,8 +122,8 @@ class GPTRunner:
         """The decode step is many small operations, so launch overhead, not arithmetic,
         bounds it. On CUDA it is compiled and captured in CUDA graphs (one per padded batch
         size, see `buckets`), which launch all of its kernels at once, reading the KV cache at
-        a fixed address. (On the CPU, warm_up compiles it ahead of time: see
-        service.engine.aot.) Prefill stays eager: it runs rarely."""
+        a fixed address. (On the CPU, warm_up compiles it ahead of time, and the prefill
+        too: see service.engine.aot.) Prefill stays eager here: it runs rarely."""
         assert self.buckets is not None  # a compiled step on CUDA pads to them
         torch._dynamo.mark_static_address(self.cache.kv)
         limit = torch._dynamo.config.recompile_limit
@@ -146,7 +147,7 @@ class GPTRunner:
             idx = torch.tensor([self.windows[r] for r in group], device=self.device)  # (g, T)
             slots = torch.tensor(group, device=self.device)
             for row, row_logits in zip(
-                group, self.model.prefill(idx, self.cache, slots), strict=True
+                group, self.prefill_step(idx, self.cache, slots), strict=True
             ):
                 logits[row] = row_logits
         return torch.stack([logits[r] for r in rows]).float()
@@ -197,20 +198,21 @@ class GPTRunner:
 
     def warm_up(self) -> str | None:
         """Compile the decode step now, not while the first requests wait: on the CPU, load
-        or build its ahead-of-time package; on CUDA, record a graph per padded batch size.
-        Then run it for one row and for two, each at two spans (rows 0 and 1 are free at this
-        point and get overwritten). If the step does not compile, decoding goes on eagerly
-        and the reason is returned."""
+        or build its ahead-of-time packages (the prefill's too); on CUDA, record a graph per
+        padded batch size. Then run it for one row and for two, each at two spans, and a
+        prefill of one token (rows 0 and 1 are free at this point and get overwritten). If
+        they do not compile, decoding goes on eagerly and the reason is returned."""
         try:
             if self.compiled and not self.captured:
-                self.decode = aot_decode_step(self.model, self.cache, decode_step_folder())
-            self.run_decode_shapes()
+                steps = compiled_steps(self.model, self.cache, decode_step_folder())
+                self.decode, self.prefill_step = steps.decode, steps.prefill
+            self.run_warm_up_shapes()
         except Exception as err:
             if not self.compiled:
                 raise
             self.compiled = False
-            self.decode = self.model.decode
-            self.run_decode_shapes()
+            self.decode, self.prefill_step = self.model.decode, self.model.prefill
+            self.run_warm_up_shapes()
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             return (
                 f"could not compile the decode step ({reason}); decoding eagerly. On CPU "
@@ -218,7 +220,9 @@ class GPTRunner:
             )
         return None
 
-    def run_decode_shapes(self) -> None:
+    def run_warm_up_shapes(self) -> None:
+        first = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.prefill_step(first[:, None], self.cache, first)
         shapes: list[tuple[int, int | None]]
         if self.buckets is not None:
             # each size three times: CUDA graph trees run a graph once before recording it

@@ -10,7 +10,7 @@ import torch
 from models.checkpoint import load_checkpoint
 from models.gpt import GPT, GPTConfig
 from service.engine import aot
-from service.engine.aot import AOTDecodeStep
+from service.engine.aot import AOTDecodeStep, AOTPrefill
 from service.engine.runners import SPAN_STEP, GPTRunner, compile_blocker
 
 BLOCK = 40
@@ -65,13 +65,35 @@ def test_the_ahead_of_time_step_decodes_any_batch_at_any_length_as_the_model_doe
 
 @needs_compiler
 @torch.inference_mode()
+def test_the_ahead_of_time_prefill_fills_any_rows_at_any_length_as_the_model_does(
+    packages: Path,
+):
+    """Its logits and what it writes into the cache are the eager prefill's, for one row and
+    several, in any order of rows, from a one-token prompt to a whole block."""
+    model = tiny_gpt()
+    cache, eager = model.new_cache(5), model.new_cache(5)
+    prefill = aot.compiled_steps(model, cache, packages).prefill
+    for rows, length in (([0], 1), ([4, 1, 2], 7), ([3, 0], BLOCK)):
+        idx = torch.randint(0, 11, (len(rows), length))
+        slots = torch.tensor(rows)
+        torch.testing.assert_close(
+            prefill(idx, cache, slots), model.prefill(idx, eager, slots), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(cache.kv, eager.kv, atol=1e-5, rtol=0)
+    with pytest.raises(RuntimeError, match="^the compiled prefill failed"):
+        prefill(torch.zeros(1, BLOCK + 1, dtype=torch.long), cache, torch.tensor([0]))
+
+
+@needs_compiler
+@torch.inference_mode()
 def test_a_built_step_is_loaded_again_and_other_weights_get_a_package_of_their_own(
     monkeypatch: pytest.MonkeyPatch, packages: Path
 ):
     model = tiny_gpt()
     GPTRunner(model, capacity=3, window_keep=BLOCK // 2, compile_decode=True).warm_up()
-    built = list(packages.iterdir())
-    assert [p.suffix for p in built] == [".pt2"]  # and no half-written file left beside it
+    built = sorted(packages.iterdir())  # and no half-written file left beside them
+    assert [p.name.split("-")[0] for p in built] == ["decode", "prefill"]
+    assert {p.suffix for p in built} == {".pt2"}
 
     def no_build(*args: object) -> None:
         raise AssertionError("built again")
@@ -80,11 +102,14 @@ def test_a_built_step_is_loaded_again_and_other_weights_get_a_package_of_their_o
     again = GPTRunner(model, capacity=3, window_keep=BLOCK // 2, compile_decode=True)
     assert again.warm_up() is None and isinstance(again.decode, AOTDecodeStep)
     assert again.decode.path == built[0]
+    assert (
+        isinstance(again.prefill_step, AOTPrefill) and again.prefill_step.program.path == built[1]
+    )
 
     other = tiny_gpt()
     other.lm_head.weight.data.add_(0.01)  # the tied embedding: other weights, same shapes
-    assert aot.BuildRequest.of(other, 3).package_name != built[0].name
-    assert aot.BuildRequest.of(model, 4).package_name != built[0].name  # another largest batch
+    assert aot.BuildRequest.of(other, 3).package_name("decode") != built[0].name
+    assert aot.BuildRequest.of(model, 4).package_name("decode") != built[0].name  # batch
 
 
 @needs_compiler
@@ -110,7 +135,7 @@ def test_engines_warming_up_at_once_each_get_their_compiled_step(packages: Path)
         thread.join()
     assert problems == [None, None, None]
     assert all(isinstance(r.decode, AOTDecodeStep) for r in runners)
-    assert len(list(packages.iterdir())) == 2
+    assert len(list(packages.iterdir())) == 4  # two models, two programs each
 
 
 @needs_compiler
@@ -148,10 +173,10 @@ def test_a_build_that_fails_in_its_process_falls_back_to_eager_and_says_why(
 def test_a_package_that_does_not_load_is_built_anew(packages: Path):
     model = tiny_gpt()
     cache = model.new_cache(2)
-    path = packages / aot.BuildRequest.of(model, 2).package_name
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"half a package")
-    step = aot.aot_decode_step(model, cache, packages)
+    packages.mkdir(parents=True)
+    for program in aot.PROGRAMS:
+        (packages / aot.BuildRequest.of(model, 2).package_name(program)).write_bytes(b"half")
+    step = aot.compiled_steps(model, cache, packages).decode
     tokens, positions = torch.tensor([1, 2]), torch.tensor([0, 0])
     torch.testing.assert_close(
         step(tokens, cache, positions, span=16), model.decode(tokens, cache, positions, span=16)
@@ -170,7 +195,7 @@ def test_other_threads_run_python_while_a_compiled_step_computes(packages: Path)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=11, block_size=64, n_layer=2, n_head=4, n_embd=128)).eval()
     cache = model.new_cache(32)
-    step = aot.aot_decode_step(model, cache, packages)
+    step = aot.compiled_steps(model, cache, packages).decode
     tokens = torch.zeros(32, dtype=torch.long)
     stepping = time.pthread_getcpuclockid(threading.get_ident())  # this thread's CPU clock
     go, recorded = threading.Semaphore(0), threading.Semaphore(0)
@@ -208,7 +233,7 @@ def test_a_step_the_compiled_code_refuses_raises_its_reason_and_the_next_one_wor
 ):
     model = tiny_gpt()
     cache = model.new_cache(2)
-    step = aot.aot_decode_step(model, cache, packages)
+    step = aot.compiled_steps(model, cache, packages).decode
     rows = torch.zeros(3, dtype=torch.long)  # one more row than the cache has
     with pytest.raises(RuntimeError, match="^the compiled decode step failed: index out of"):
         step(rows, cache, rows, span=16)
