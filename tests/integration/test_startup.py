@@ -110,8 +110,12 @@ def test_by_default_the_decode_step_compiles_after_start_up_and_ready_says_so(
     log_text = server.log()
     assert "decode step: compiled after start-up" in log_text
     assert re.search(r"decode step compiled in [\d.]+ s", log_text)
-    # the compiled step's package, for the next start
-    assert [p.suffix for p in (tmp_path / "c" / "decode-steps").iterdir()] == [".pt2"]
+    # the compiled step's and prefill's packages, for the next start
+    packages = sorted((tmp_path / "c" / "decode-steps").iterdir())
+    assert [(p.name.split("-")[0], p.suffix) for p in packages] == [
+        ("decode", ".pt2"),
+        ("prefill", ".pt2"),
+    ]
     with running_server(folder, tmp_path, TINYGPT_CACHE=str(tmp_path / "c")) as again:
         text = httpx.post(f"{again.url}/v1/generate", json=body, timeout=30).json()["text"]
         seconds = float(re.search(r"decode step compiled in ([\d.]+) s", again.log())[1])
