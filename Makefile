@@ -96,7 +96,7 @@ format: $(STAMP)
 # 1/8/32 streaming clients of gpt-char, with the server's defaults (compiled where it can) and
 # then with the eager decode step, each beside the same requests in process
 # (bench/results/http.json, http-eager.json).
-HTTP_BENCH = $(PY) -m bench.http --model gpt-char --max-new-tokens 120 --concurrency 1 8 32 --requests-per-client 16 --repeats 5 --in-process
+HTTP_BENCH = $(PY) -m bench.http --model gpt-char --max-new-tokens 120 --length-spread 0.5 --concurrency 1 8 32 --requests-per-client 16 --repeats 5 --in-process
 bench: $(INTEROP_STAMP)
 	$(PY) -m bench.engine --threads 1 --repeats 3
 	$(PY) -m bench.peers

@@ -12,7 +12,8 @@ with its defaults (its own choice of torch threads and decode path) unless told:
 --decode eager|compiled sets TINYGPT_COMPILE_DECODE, --torch-threads TINYGPT_TORCH_THREADS;
 with --workers N, it is N processes on the one port (TINYGPT_WORKERS).
 
-Each client sends `/v1/generate` requests with `stream: true` back to back; per request it
+Each client sends `/v1/generate` requests with `stream: true` back to back (with
+--length-spread, of lengths drawn as `request_lengths` says); per request it
 records the time to first token (TTFT), the gaps between tokens (inter-token latency, ITL) and
 the end-to-end latency, the numbers serving benchmarks report, and which replica answered
 (`X-Replica-Id`: with several workers, how the requests spread). The clients are lean
@@ -31,6 +32,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import statistics
@@ -44,10 +46,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import httpx
 import torch
+import uvloop
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.gpt import GPT, GPTConfig
@@ -89,11 +93,13 @@ class ResponseReader(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the answer as it arrives.
 
     The clients share the server's cores on one machine, so they must cost as little as
-    possible. httpx's streaming reader took about 0.6 of a core from the server at 32 clients
-    here, and asyncio's StreamReader (a readline, a readexactly and a wait_for per chunk)
-    about 0.35 of a core at 7,000 tokens/s. This protocol parses in `data_received` just the
-    HTTP the server answers with (a status line, headers, then a chunked or Content-Length
-    body), and of the body it looks at nothing but how many token events each chunk holds.
+    possible; they run on uvloop, as the server does (asyncio's own loop took 17-20 µs of the
+    client's CPU per token at 32 clients, uvloop 11-18). httpx's streaming reader took about
+    0.6 of a core from the server at 32 clients here, and asyncio's StreamReader (a readline,
+    a readexactly and a wait_for per chunk) about 0.35 of a core at 7,000 tokens/s. This
+    protocol parses in `data_received` just the HTTP the server answers with (a status line,
+    headers, then a chunked or Content-Length body), and of the body it looks at nothing but
+    how many token events each chunk holds.
     """
 
     def __init__(self) -> None:
@@ -106,8 +112,7 @@ class ResponseReader(asyncio.Protocol):
         self.stamps: list[float] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -218,13 +223,25 @@ async def stream_one(connection: StreamingConnection, body: dict) -> RequestTimi
     return RequestTiming(stamps[0] - started, gaps, stamps[-1] - started, len(stamps), replica)
 
 
+def request_lengths(args: argparse.Namespace, client: int) -> list[int]:
+    """The max_new_tokens of each of one client's requests, the same over HTTP and in process:
+    --max-new-tokens each, or with --length-spread S drawn evenly from (1 - S) of it up to
+    it, seeded by the client's number. Requests all of one length, started together, stay in
+    step in process, where the batch's rows all read the same short span of the cache, while
+    over HTTP each request's turnaround moves them apart and the longest row sets the span."""
+    longest = args.max_new_tokens
+    shortest = max(1, round(longest * (1 - args.length_spread)))
+    draw = random.Random(client)
+    return [draw.randint(shortest, longest) for _ in range(args.requests_per_client)]
+
+
 async def client_loop(
-    connection: StreamingConnection, body: dict, requests: int, result: LevelResult
+    connection: StreamingConnection, body: dict, lengths: list[int], result: LevelResult
 ) -> None:
     try:
-        for i in range(requests):
+        for i, length in enumerate(lengths):
             try:
-                timing = await stream_one(connection, {**body, "seed": i})
+                timing = await stream_one(connection, {**body, "seed": i, "max_new_tokens": length})
                 result.timings.append(timing)
             except (OSError, TimeoutError, RuntimeError) as err:
                 connection.close()  # what was left of that answer is not read: start afresh
@@ -237,7 +254,6 @@ async def run_level(args: argparse.Namespace, concurrency: int) -> dict:
     body = {
         "model": args.model,
         "prompt": args.prompt,
-        "max_new_tokens": args.max_new_tokens,
         "temperature": 1.0,
         "stream": True,
     }
@@ -245,7 +261,10 @@ async def run_level(args: argparse.Namespace, concurrency: int) -> dict:
     connections = [StreamingConnection(args.url, args.timeout) for _ in range(concurrency)]
     started = time.perf_counter()
     await asyncio.gather(
-        *(client_loop(c, body, args.requests_per_client, result) for c in connections)
+        *(
+            client_loop(c, body, request_lengths(args, client), result)
+            for client, c in enumerate(connections)
+        )
     )
     elapsed = time.perf_counter() - started
     ttft = [t.ttft for t in result.timings]
@@ -291,17 +310,15 @@ async def in_process_level(model: LoadedModel, args: argparse.Namespace, concurr
     sampling = SamplingParams(temperature=1.0)
     prompt_ids = model.prompt_ids(args.prompt)  # as /v1/generate reads the prompt
 
-    async def client(tokens: list[int]) -> None:
-        for i in range(args.requests_per_client):
-            request = GenerationRequest(
-                prompt_ids, args.max_new_tokens, sampling, seed=i, stream_tokens=False
-            )
+    async def client(lengths: list[int], tokens: list[int]) -> None:
+        for i, length in enumerate(lengths):
+            request = GenerationRequest(prompt_ids, length, sampling, seed=i, stream_tokens=False)
             completion = await model.engine.submit(request).collect()
             tokens.append(completion.usage.completion_tokens)
 
     tokens: list[int] = []
     started = time.perf_counter()
-    await asyncio.gather(*(client(tokens) for _ in range(concurrency)))
+    await asyncio.gather(*(client(request_lengths(args, c), tokens) for c in range(concurrency)))
     elapsed = time.perf_counter() - started
     return {
         "concurrency": concurrency,
@@ -347,16 +364,16 @@ def measured_levels(args: argparse.Namespace, alone: LoadedModel | None) -> list
     engine `alone` in this process, each run over HTTP is followed at once by the same
     requests to it: this machine's speed drifts by a third within minutes, so a ratio is
     taken from two runs side by side, and the median of those ratios counts."""
-    asyncio.run(run_level(args, max(args.concurrency)))
+    uvloop.run(run_level(args, max(args.concurrency)))
     if alone is not None:
-        asyncio.run(in_process_level(alone, args, max(args.concurrency)))
+        uvloop.run(in_process_level(alone, args, max(args.concurrency)))
     rows = []
     for concurrency in args.concurrency:
         runs, ratios = [], []
         for _ in range(args.repeats):
-            runs.append(asyncio.run(run_level(args, concurrency)))
+            runs.append(uvloop.run(run_level(args, concurrency)))
             if alone is not None:
-                here = asyncio.run(in_process_level(alone, args, concurrency))
+                here = uvloop.run(in_process_level(alone, args, concurrency))
                 runs[-1]["in_process_tokens_per_s"] = here["output_tokens_per_s"]
                 ratios.append(runs[-1]["output_tokens_per_s"] / here["output_tokens_per_s"])
         row = median_run(runs)
@@ -472,6 +489,12 @@ def main() -> None:
     )
     parser.add_argument("--prompt", default="ROMEO:")
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--length-spread",
+        type=float,
+        default=0.0,
+        help="requests of max_new_tokens drawn from (1 - S) x --max-new-tokens up to it",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=120.0)

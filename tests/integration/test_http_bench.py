@@ -3,11 +3,19 @@ event of a chunked answer, read a whole error answer, and reuse its connection a
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 import pytest
+import uvloop
 
-from bench.http import RequestTiming, ResponseReader, StreamingConnection, stream_one
+from bench.http import (
+    RequestTiming,
+    ResponseReader,
+    StreamingConnection,
+    request_lengths,
+    stream_one,
+)
 from tests.integration.conftest import Server
 from tests.service.tiny_models import GPT_ID
 
@@ -26,7 +34,7 @@ def test_the_benchmark_client_counts_every_token_and_reads_errors_whole(server: 
         finally:
             connection.close()
 
-    timings, refusal = asyncio.run(requests())
+    timings, refusal = uvloop.run(requests())  # the benchmark's loop
     assert [t.tokens for t in timings] == [12, 12]
     assert all(len(t.itls) == 11 and 0 < t.ttft <= t.e2e for t in timings)
     assert refusal.startswith("HTTP 404") and "no-such-model" in refusal
@@ -63,3 +71,13 @@ def test_the_benchmark_client_reads_an_answer_that_arrives_a_byte_at_a_time(stat
     assert len(stamps) == 2
     # a stream's body is counted, not kept; an error's is kept for its message
     assert (headers[":status"], body) in {("200", b""), ("500", events)}
+
+
+def test_each_client_asks_for_the_same_lengths_over_http_and_in_process():
+    args = argparse.Namespace(max_new_tokens=120, length_spread=0.5, requests_per_client=16)
+    lengths = [request_lengths(args, client) for client in range(32)]
+    assert lengths == [request_lengths(args, client) for client in range(32)]
+    assert all(60 <= n <= 120 for row in lengths for n in row)
+    assert len({tuple(row) for row in lengths}) == 32  # clients do not move in step
+    fixed = argparse.Namespace(max_new_tokens=120, length_spread=0.0, requests_per_client=3)
+    assert request_lengths(fixed, 7) == [120, 120, 120]
