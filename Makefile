@@ -93,7 +93,7 @@ format: $(STAMP)
 # Generation speed: in process, the engine against full recompute (bench/results/engine.json)
 # and against transformers' generate and llama.cpp on the same weights, which need the
 # [interop] extra (bench/results/peers.json); then over HTTP against a server it starts,
-# 1/8/32 streaming clients of gpt-char, with the server's defaults (compiled where it can) and
+# 1/8/32 streaming clients of gpt-char (requests of 60-120 tokens), with the server's defaults (compiled where it can) and
 # then with the eager decode step, each beside the same requests in process
 # (bench/results/http.json, http-eager.json).
 HTTP_BENCH = $(PY) -m bench.http --model gpt-char --max-new-tokens 120 --length-spread 0.5 --concurrency 1 8 32 --requests-per-client 16 --repeats 5 --in-process

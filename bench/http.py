@@ -508,6 +508,8 @@ def main() -> None:
         help="then the same requests to the same engine in this process, for the ratio",
     )
     args = parser.parse_args()
+    if not 0 <= args.length_spread < 1:
+        parser.error(f"--length-spread must be at least 0 and below 1, not {args.length_spread}")
     if args.in_process and (args.url or args.workers != 1):
         parser.error("--in-process compares with the one-process server this starts")
     started = os.getloadavg()
